@@ -1,0 +1,3 @@
+"""otsec: OT network security monitor and segmentation auditor."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,190 @@
+"""What a capture shows: hosts and their roles, who talks to whom, function tables.
+
+:class:`Summary` is a streaming aggregator: it takes events and flows one at a time and
+keeps only per-host, per-pair and per-function counters, so its memory grows with the
+size of the plant, not of the capture.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from netaddr import EUI, NotRegisteredError
+from netaddr.core import AddrFormatError
+
+from otsec.model import Event, Flow
+
+#: Protocols whose server side is a controller (PLC/RTU) rather than a general server.
+CONTROLLER_PROTOCOLS = frozenset({"modbus", "s7comm", "s7comm-plus", "cotp"})
+#: Identity keys that only a controller reports about itself.
+CONTROLLER_IDENTITY_KEYS = frozenset({"order_number", "module", "product_code", "firmware"})
+ROLES = ("plc", "engineering_workstation", "hmi", "historian", "server", "unknown")
+
+
+def mac_vendor(mac: str | None) -> str | None:
+    """Organisation registered for the MAC's OUI (IEEE registry shipped with netaddr)."""
+    if not mac:
+        return None
+    try:
+        return EUI(mac).oui.registration().org.strip().rstrip(",")
+    except (NotRegisteredError, AddrFormatError, IndexError, ValueError):
+        return None
+
+
+@dataclass
+class Host:
+    ip: str
+    macs: set[str] = field(default_factory=set)
+    identity: dict[str, str] = field(default_factory=dict)
+    served: Counter = field(default_factory=Counter)       # protocol -> messages answered as server
+    used: Counter = field(default_factory=Counter)         # protocol -> requests sent as client
+    sent_classes: Counter = field(default_factory=Counter)  # op_class of requests this host sent
+    peers_as_client: set[str] = field(default_factory=set)  # controllers/servers it queried
+    clients: set[str] = field(default_factory=set)
+    flows: int = 0
+
+    def role(self) -> tuple[str, str]:
+        """Inferred role and the evidence for it."""
+        controller = [p for p in self.served if p in CONTROLLER_PROTOCOLS]
+        if controller or CONTROLLER_IDENTITY_KEYS & self.identity.keys():
+            what = ", ".join(sorted(controller)) or "controller identity"
+            return "plc", f"answers {what} requests"
+        sent = self.sent_classes
+        if sent["program"] or sent["control"]:
+            return "engineering_workstation", (
+                f"sent {sent['program']} program and {sent['control']} control operations")
+        ot_used = [p for p in self.used if p in CONTROLLER_PROTOCOLS]
+        if ot_used and sent["write"]:
+            return "hmi", f"reads and writes process values over {', '.join(sorted(ot_used))}"
+        if self.used.get("opcua") or (ot_used and len(self.peers_as_client) >= 3):
+            return "historian", f"collects data from {len(self.peers_as_client)} server(s)"
+        if ot_used:
+            return "hmi", f"polls {', '.join(sorted(ot_used))}"
+        if self.served:
+            return "server", f"serves {', '.join(sorted(self.served))}"
+        return "unknown", "no industrial protocol role observed"
+
+
+class Summary:
+    """Streaming aggregation of events and flows into the analyze report."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, Host] = {}
+        self.pairs: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
+        self.functions: dict[tuple[str, int | None, str], Counter] = defaultdict(Counter)
+        self.anomalies: Counter = Counter()
+        self.security: Counter = Counter()
+        self.events = 0
+        self.flows = 0
+        self.apps: Counter = Counter()
+
+    def host(self, ip: str) -> Host:
+        host = self.hosts.get(ip)
+        if host is None:
+            host = self.hosts[ip] = Host(ip)
+        return host
+
+    def add_event(self, ev: Event) -> None:
+        self.events += 1
+        src = self.host(ev.src_ip)
+        if ev.src_mac:
+            src.macs.add(ev.src_mac)
+        if ev.identity:
+            src.identity.update({k: v for k, v in ev.identity.items() if v})
+        fn = self.functions[(ev.protocol, ev.function_code, ev.function)]
+        if ev.kind == "request":
+            fn["requests"] += 1
+            src.used[ev.protocol] += 1
+            src.sent_classes[ev.op_class] += 1
+            src.peers_as_client.add(ev.dst_ip)
+            self.host(ev.dst_ip).clients.add(ev.src_ip)
+            self.pairs[(ev.src_ip, ev.dst_ip, ev.protocol)][ev.op_class] += 1
+        elif ev.kind == "response":
+            fn["responses"] += 1
+            src.served[ev.protocol] += 1
+            if ev.result in ("exception", "error"):
+                fn["exceptions"] += 1
+        else:
+            fn["notifications"] += 1
+        for flag in ev.anomalies:
+            self.anomalies[flag] += 1
+        mode = ev.detail.get("security_mode") if ev.protocol == "opcua" else None
+        if mode:
+            self.security[f"opcua {mode}"] += 1
+
+    def add_flow(self, flow: Flow) -> None:
+        self.flows += 1
+        self.apps[flow.app] += 1
+        for ip, mac in ((flow.client_ip, flow.client_mac), (flow.server_ip, flow.server_mac)):
+            host = self.host(ip)
+            host.flows += 1
+            if mac:
+                host.macs.add(mac)
+
+    def report(self, stats: dict, captures: list[str]) -> dict:
+        """The analyze summary as plain data (rendered as rich tables or JSON)."""
+        hosts = []
+        for ip in sorted(self.hosts, key=_ip_sort_key):
+            h = self.hosts[ip]
+            role, why = h.role()
+            macs = sorted(h.macs)
+            hosts.append({
+                "ip": ip, "macs": macs,
+                "vendor": next((v for v in map(mac_vendor, macs) if v), None),
+                "identity": h.identity, "role": role, "role_evidence": why,
+                "serves": sorted(h.served), "uses": sorted(h.used), "flows": h.flows,
+            })
+        talks = [
+            {"src": s, "dst": d, "protocol": p, "operations": dict(sorted(c.items())),
+             "requests": sum(c.values())}
+            for (s, d, p), c in sorted(self.pairs.items(), key=lambda kv: (_ip_sort_key(kv[0][0]), _ip_sort_key(kv[0][1]), kv[0][2]))
+        ]
+        functions: dict[str, list] = defaultdict(list)
+        for (proto, code, name), c in sorted(self.functions.items(), key=lambda kv: (kv[0][0], kv[0][1] if kv[0][1] is not None else -1, kv[0][2])):
+            functions[proto].append({"code": code, "function": name, "count": sum(c[k] for k in ("requests", "responses", "notifications")),
+                                     "requests": c["requests"], "responses": c["responses"],
+                                     "exceptions": c["exceptions"], "notifications": c["notifications"]})
+        decode = stats.get("decode", {})
+        return {
+            "captures": captures,
+            "packets": stats.get("packets", 0),
+            "bytes": stats.get("bytes", 0),
+            "first_ts": stats.get("first_ts"),
+            "last_ts": stats.get("last_ts"),
+            "events": self.events,
+            "flows": self.flows,
+            "applications": dict(self.apps.most_common()),
+            "hosts": hosts,
+            "communications": talks,
+            "functions": dict(functions),
+            "security": dict(self.security),
+            "health": {
+                "malformed_packets": stats.get("malformed_packets", 0),
+                "skipped_packets": stats.get("skipped", {}),
+                "messages_with_anomalies": decode.get("anomalous", 0),
+                "anomalies": dict(self.anomalies.most_common()),
+                "capture_gaps": decode.get("gaps", 0),
+                "gap_bytes": stats.get("gap_bytes", 0),
+                "resyncs": decode.get("resyncs", 0),
+                "unframeable_bytes": decode.get("unframeable_bytes", 0),
+                "truncated_at_eof": decode.get("truncated_at_eof", 0),
+                "unpaired_responses": decode.get("unpaired_responses", 0),
+                "unanswered_requests": decode.get("unanswered_requests", 0),
+                "buffer_overflows": decode.get("buffer_overflows", 0),
+                "decoder_errors": decode.get("decoder_errors", 0),
+                "retransmitted_bytes": stats.get("retransmitted_bytes", 0),
+                "overlap_conflicts": stats.get("overlap_conflicts", 0),
+                "flows_evicted": stats.get("flows_evicted", 0),
+                "capture_errors": stats.get("capture_errors", []),
+            },
+        }
+
+
+def _ip_sort_key(ip: str) -> tuple:
+    if ":" in ip:
+        return (6, ip)
+    try:
+        return (4, tuple(int(p) for p in ip.split(".")))
+    except ValueError:
+        return (9, ip)

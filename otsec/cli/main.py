@@ -1,0 +1,193 @@
+"""The ``otsec`` command line: thin commands over the library.
+
+Exit codes: 0 success; 1 the input was damaged (partial results were still reported) or,
+for ``check``, a finding at or above ``--fail-on``; 2 usage, input or policy errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+from otsec import __version__
+from otsec.analysis.inventory import Summary
+from otsec.capture import CaptureError
+from otsec.engine import Engine, EngineConfig
+from otsec.report.console import render_summary
+from otsec.store.db import CaptureWriter, StoreError, open_db
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="OT network security monitor and segmentation auditor.")
+err = Console(stderr=True, highlight=False)
+
+#: Files above this size get a progress bar (when stderr is a terminal).
+PROGRESS_MIN_BYTES = 16 * 1024 * 1024
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one clear line on stderr and return the exit to raise."""
+    err.print(f"otsec: error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def parse_ports(values: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``--port modbus=502,5020`` → {"modbus": (502, 5020)}."""
+    from otsec.decoders.registry import BUILTIN
+
+    known = {d.name for d in BUILTIN}
+    ports: dict[str, tuple[int, ...]] = {}
+    for value in values or []:
+        name, _, nums = value.partition("=")
+        if name not in known or not nums:
+            raise fail(f"--port {value!r}: expected NAME=PORT[,PORT...] with NAME one of {', '.join(sorted(known))}")
+        try:
+            parsed = tuple(int(n) for n in nums.split(","))
+        except ValueError:
+            raise fail(f"--port {value!r}: ports must be numbers") from None
+        if not all(0 < p < 65536 for p in parsed):
+            raise fail(f"--port {value!r}: ports must be between 1 and 65535")
+        ports[name] = ports.get(name, ()) + parsed
+    return ports
+
+
+def check_inputs(paths: list[Path]) -> None:
+    for path in paths:
+        if not path.exists():
+            raise fail(f"{path}: no such file")
+        if path.is_dir():
+            raise fail(f"{path}: is a directory (give the capture files)")
+
+
+class _Progress:
+    """A rich progress bar over the bytes of the capture files, shown on big inputs only."""
+
+    def __init__(self, paths: list[Path], enabled: bool):
+        total = sum(p.stat().st_size for p in paths)
+        self.bar = None
+        if enabled and err.is_terminal and total >= PROGRESS_MIN_BYTES:
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                                console=err, transient=True)
+            self.task = self.bar.add_task("decoding", total=total)
+            self.done = 0
+
+    def callback(self):
+        if self.bar is None:
+            return None
+
+        def update(offset: int, size: int) -> None:
+            self.bar.update(self.task, completed=self.done + offset)
+            if offset >= size:
+                self.done += size
+        return update
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@app.command()
+def analyze(
+    captures: List[Path] = typer.Argument(..., help="pcap or pcapng files, analysed as one stream in the order given"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write every decoded message as JSON lines to this file ('-' for stdout)"),
+    db: Optional[Path] = typer.Option(None, "--db", help="store messages and flows in this SQLite database"),
+    output_format: str = typer.Option("table", "--format", help="summary format: table or json"),
+    port: Optional[List[str]] = typer.Option(None, "--port", help="extra server ports for a decoder, e.g. modbus=5020 (repeatable)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on large files"),
+) -> None:
+    """Decode Modbus/TCP, S7comm/S7comm-plus and OPC UA in captures and summarise what talks to what."""
+    if output_format not in ("table", "json"):
+        raise fail(f"--format {output_format!r}: expected table or json")
+    check_inputs(captures)
+    config = EngineConfig(ports=parse_ports(port))
+    summary = Summary()
+    out = None
+    if json_out is not None:
+        try:
+            out = sys.stdout if str(json_out) == "-" else open(json_out, "w", encoding="utf-8")
+        except OSError as exc:
+            raise fail(f"{json_out}: cannot write: {exc.strerror}") from None
+    database = None
+    if db is not None:
+        try:
+            database = open_db(db)
+        except StoreError as exc:
+            raise fail(str(exc)) from None
+
+    writers: dict[str, CaptureWriter] = {}
+    current: list[CaptureWriter] = []   # the writer of the file being read
+
+    def on_event(ev) -> None:
+        summary.add_event(ev)
+        if out is not None:
+            out.write(json.dumps(ev.to_dict(), separators=(",", ":"), default=str) + "\n")
+        if writers:
+            writers[ev.capture].add_event(ev)
+
+    def on_flow(flow) -> None:
+        summary.add_flow(flow)
+        if current:
+            current[0].add_flow(flow)   # a flow belongs to the file in which it ended
+
+    engine = Engine(config, on_event, on_flow)
+    damaged: list[str] = []
+    per_file: dict[str, tuple] = {}
+    try:
+        with _Progress(captures, progress) as bar:
+            for path in captures:
+                if database is not None:
+                    if str(path) not in writers:
+                        writers[str(path)] = CaptureWriter(database, path)
+                    current[:] = [writers[str(path)]]
+                before = engine.packets
+                engine.read_file(path, bar.callback())
+                error = engine.capture_errors[-1] if len(engine.capture_errors) > len(damaged) else None
+                if error:
+                    damaged.append(error)
+                per_file[str(path)] = (engine.packets - before, engine.source_first_ts, engine.last_ts, error)
+    except CaptureError as exc:
+        raise fail(str(exc)) from None
+    stats = engine.finish()
+    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for name, writer in writers.items():
+        packets, first_ts, last_ts, error = per_file[name]
+        writer.finish(packets, first_ts, last_ts, error, finished)
+    if out is not None and out is not sys.stdout:
+        out.close()
+    report = summary.report(stats, [str(p) for p in captures])
+    if output_format == "json":
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        render_summary(report, Console(highlight=False))
+    for message in damaged:
+        err.print(f"otsec: warning: {message} (results above cover the packets before it)", markup=False)
+    if damaged:
+        raise typer.Exit(1)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"otsec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                      help="show the version and exit")) -> None:
+    """OT network security monitor and segmentation auditor."""
+
+
+if __name__ == "__main__":
+    app()

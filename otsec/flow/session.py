@@ -1,0 +1,146 @@
+"""Drives one decoder over one TCP connection: framing, resync after gaps, pairing.
+
+The decoder only frames and decodes; everything that depends on the stream's history
+lives here, once, for every protocol:
+
+* per-direction buffers of bytes not yet framed (bounded);
+* resynchronisation: after a capture gap, or bytes that cannot start a message, the
+  session searches forward for the next position the decoder's ``probe`` accepts,
+  instead of going deaf for the rest of the connection;
+* request/response pairing by the decoder's ``pair_key`` (bounded pending table);
+* decode-health counters (gaps, resyncs, unframeable bytes, unpaired responses,
+  messages truncated at the end of the capture).
+"""
+
+from __future__ import annotations
+
+from otsec.decoders.base import NEED_MORE, UNFRAMEABLE, Decoder
+from otsec.model import Event
+
+#: Bytes of an unfinished message kept per direction before giving up on it.
+MAX_BUFFERED_BYTES = 1 << 20
+#: Requests awaiting their response per connection; the oldest is dropped beyond this.
+MAX_PENDING_REQUESTS = 1024
+
+
+class Health:
+    """Decode-health counters, summed over all sessions of a run."""
+
+    __slots__ = ("messages", "anomalous", "gaps", "resyncs", "unframeable_bytes",
+                 "buffer_overflows", "unpaired_responses", "unanswered_requests",
+                 "truncated_at_eof", "decoder_errors")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Session:
+    """The decoding state of one connection (both directions)."""
+
+    __slots__ = ("decoder", "state", "health", "bufs", "syncing", "pending", "protocols")
+
+    def __init__(self, decoder: Decoder, health: Health) -> None:
+        self.decoder = decoder
+        self.state = decoder.new_state()
+        self.health = health
+        self.bufs = [b"", b""]          # index 1: client → server, 0: server → client
+        self.syncing = [True, True]     # look for a message start before framing
+        self.pending: dict = {}
+        self.protocols: set[str] = set()
+
+    def feed(self, data: bytes, from_client: bool, gapped: bool) -> list[Event]:
+        """Add contiguous stream bytes of one direction; return the completed messages."""
+        i = 1 if from_client else 0
+        if gapped:
+            self.health.gaps += 1
+            self.bufs[i] = b""
+            self.syncing[i] = True
+        buf = self.bufs[i] + data if self.bufs[i] else data
+        events: list[Event] = []
+        pos = 0
+        end = len(buf)
+        frame = self.decoder.frame
+        while pos < end:
+            if self.syncing[i]:
+                start = self._find_start(buf, pos)
+                if start < 0:
+                    # keep a short tail: a header may straddle the next segment
+                    keep = max(pos, end - 32)
+                    self.health.unframeable_bytes += keep - pos
+                    pos = keep
+                    break
+                if start > pos:
+                    self.health.resyncs += 1
+                    self.health.unframeable_bytes += start - pos
+                pos = start
+                self.syncing[i] = False
+            n = frame(buf, pos)
+            if n > 0:
+                events.extend(self._decode(buf[pos:pos + n] if (pos or n != end) else buf, from_client))
+                pos += n
+            elif n == NEED_MORE:
+                break
+            else:  # UNFRAMEABLE: lost step with the stream; search for the next message
+                self.syncing[i] = True
+                self.health.resyncs += 1
+                pos += 1
+                self.health.unframeable_bytes += 1
+        rest = buf[pos:] if pos else buf
+        if len(rest) > MAX_BUFFERED_BYTES:
+            self.health.buffer_overflows += 1
+            rest = b""
+            self.syncing[i] = True
+        self.bufs[i] = rest
+        return events
+
+    def _find_start(self, buf: bytes, pos: int) -> int:
+        probe = self.decoder.probe
+        for p in range(pos, len(buf)):
+            if probe(buf, p):
+                return p
+        return -1
+
+    def _decode(self, msg: bytes, from_client: bool) -> list[Event]:
+        try:
+            events = self.decoder.decode(msg, from_client, self.state)
+        except Exception:  # a decoder bug must not stop the sensor; it is counted
+            self.health.decoder_errors += 1
+            return []
+        for ev in events:
+            self.health.messages += 1
+            self.protocols.add(ev.protocol)
+        return events
+
+    def pair(self, ev: Event) -> None:
+        """Match a response to its request; call once the event's context is filled in."""
+        key = ev.pair_key
+        if key is not None:
+            if ev.kind == "request":
+                if len(self.pending) >= MAX_PENDING_REQUESTS:
+                    del self.pending[next(iter(self.pending))]
+                    self.health.unanswered_requests += 1
+                self.pending[key] = ev
+            elif ev.kind == "response":
+                req = self.pending.pop(key, None)
+                if req is None:
+                    self.health.unpaired_responses += 1
+                    ev.anomalies.append(f"{ev.protocol}.unpaired_response")
+                else:
+                    ev.request_packet = req.packet
+                    if not ev.targets:
+                        ev.targets = req.targets
+        if ev.anomalies:
+            self.health.anomalous += 1
+
+    def finish(self) -> None:
+        """End of the connection or of the input: count what was left incomplete."""
+        for buf in self.bufs:
+            if buf:
+                self.health.truncated_at_eof += 1
+        self.bufs = [b"", b""]
+        self.health.unanswered_requests += len(self.pending)
+        self.pending.clear()

@@ -1,0 +1,316 @@
+"""The bidirectional flow table: connections, their reassembly and their decoder session.
+
+Each packet is looked up once: the table keeps the 5-tuple of both directions pointing at
+the same entry, with a flag saying whether that direction is client → server. A new
+connection's protocol is detected by content (the decoders' probes, trying the ones
+registered for the server port first), so Modbus on a non-standard port is found and
+non-Modbus bytes on port 502 are left alone.
+
+State is bounded: idle connections time out, a cap on the number of connections
+evicts the least recently active ones, and reassembly/session buffers have their own
+caps. Every connection ends as one :class:`otsec.model.Flow` record.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import struct
+from typing import Callable
+
+from otsec.decoders.base import Decoder
+from otsec.flow.reassembly import Stream
+from otsec.flow.services import service_name
+from otsec.flow.session import Health, Session
+from otsec.model import Event, Flow
+
+TCP, UDP = 6, 17
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+#: Payload-carrying segments tried for protocol detection before a connection is
+#: labelled by its port only (a capture may start in the middle of a message).
+DETECTION_ATTEMPTS = 8
+_TRANSPORT = {TCP: "tcp", UDP: "udp", 1: "icmp", 58: "icmp6"}
+
+
+def community_id(saddr: bytes, daddr: bytes, proto: int, sport: int, dport: int, seed: int = 0) -> str:
+    """Community ID v1 of a flow, the key Zeek, Suricata and Malcolm use for correlation."""
+    if (saddr, sport) > (daddr, dport):
+        saddr, daddr, sport, dport = daddr, saddr, dport, sport
+    data = struct.pack("!H", seed) + saddr + daddr + struct.pack("!BB", proto, 0)
+    if proto in (TCP, UDP, 132):
+        data += struct.pack("!HH", sport, dport)
+    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
+
+
+def ip_text(packed: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+
+
+def mac_text(mac: bytes | None) -> str | None:
+    return mac.hex(":") if mac else None
+
+
+def _confirmed(dec: Decoder, data: bytes, from_client: bool) -> bool:
+    """The first message is complete and decodes cleanly (trial run on a scratch state)."""
+    n = dec.frame(data, 0)
+    if n <= 0:
+        return False
+    try:
+        events = dec.decode(data[:n], from_client, dec.new_state())
+    except Exception:
+        return False
+    return bool(events) and not any(ev.anomalies for ev in events)
+
+
+class FlowState:
+    """Live state of one connection."""
+
+    __slots__ = ("flow", "keys", "streams", "session", "flip", "attempts", "fins", "closed")
+
+    def __init__(self, flow: Flow, keys: tuple):
+        self.flow = flow
+        self.keys = keys                  # (client→server key, server→client key)
+        self.streams = [Stream(), Stream()]  # index 1: client → server, 0: server → client
+        self.session: Session | None = None
+        self.flip = False                 # decoder's client is the connection's server
+        self.attempts = DETECTION_ATTEMPTS
+        self.fins = 0
+        self.closed = False
+
+
+class FlowTable:
+    """Tracks connections and turns their payload into events."""
+
+    def __init__(self, decoders: tuple[Decoder, ...], ports: dict[str, tuple[int, ...]],
+                 on_event: Callable[[Event], None], on_flow: Callable[[Flow], None],
+                 health: Health, *, max_flows: int = 100_000, tcp_idle: float = 3600.0,
+                 udp_idle: float = 120.0, closed_linger: float = 30.0):
+        self.decoders = decoders
+        self.by_port: dict[int, list[Decoder]] = {}
+        self.ports_of: dict[str, frozenset[int]] = {}
+        for dec in decoders:
+            self.ports_of[dec.name] = frozenset(ports.get(dec.name, dec.ports))
+            for port in self.ports_of[dec.name]:
+                self.by_port.setdefault(port, []).append(dec)
+        self.on_event = on_event
+        self.on_flow = on_flow
+        self.health = health
+        self.max_flows = max_flows
+        self.tcp_idle = tcp_idle
+        self.udp_idle = udp_idle
+        self.closed_linger = closed_linger
+        self.index: dict[tuple, tuple[FlowState, bool]] = {}
+        self.states: dict[int, FlowState] = {}
+        self.capture = ""
+        self.counters = {"flows": 0, "flows_timed_out": 0, "flows_evicted": 0,
+                         "retransmitted_bytes": 0, "overlap_conflicts": 0, "gap_bytes": 0}
+        self._next_sweep = 0.0
+
+    # --- per packet ------------------------------------------------------------------
+
+    def packet(self, pkt_no: int, ts: float, pkt: tuple) -> None:
+        src_mac, dst_mac, sip, dip, proto, sport, dport, flags, seq, ack, payload = pkt
+        entry = self.index.get((sip, sport, dip, dport, proto))
+        if entry is None or (proto == TCP and flags & SYN and not flags & ACK and self._is_reuse(entry[0])):
+            if entry is not None:
+                self._end(entry[0])
+            entry = self._new(pkt_no, ts, pkt)
+        st, from_client = entry
+        flow = st.flow
+        flow.last_ts = ts
+        flow.last_packet = pkt_no
+        if from_client:
+            flow.packets_c2s += 1
+            flow.bytes_c2s += len(payload)
+            if flow.client_mac is None and src_mac:
+                flow.client_mac = mac_text(src_mac)
+        else:
+            flow.packets_s2c += 1
+            flow.bytes_s2c += len(payload)
+            if flow.server_mac is None and src_mac:
+                flow.server_mac = mac_text(src_mac)
+        if proto == TCP:
+            self._tcp(st, from_client, pkt_no, ts, flags, seq, ack, payload)
+        if ts >= self._next_sweep:
+            self._sweep(ts)
+
+    def _tcp(self, st: FlowState, from_client: bool, pkt_no: int, ts: float, flags: int,
+             seq: int, ack: int, payload: bytes) -> None:
+        stream = st.streams[from_client]
+        if flags & SYN:
+            stream.syn(seq)
+        if payload and not st.closed:
+            data = stream.push(seq, payload)
+            if data:
+                self._deliver(st, from_client, data, stream.gapped, pkt_no, ts)
+        if flags & ACK:
+            other = st.streams[not from_client]
+            if other.queue:
+                data = other.acked(ack)
+                if data:
+                    self._deliver(st, not from_client, data, True, pkt_no, ts)
+        if flags & (FIN | RST) and not st.closed:
+            st.fins += 1 if flags & FIN else 2
+            if st.fins >= 2:
+                self._close(st, pkt_no, ts)
+
+    def _deliver(self, st: FlowState, from_client: bool, data: bytes, gapped: bool,
+                 pkt_no: int, ts: float) -> None:
+        session = st.session
+        if session is None:
+            if st.attempts <= 0:
+                return
+            st.attempts -= 1
+            session = self._detect(st, data, from_client)
+            if session is None:
+                return
+            gapped = False
+        events = session.feed(data, from_client != st.flip, gapped)
+        if events:
+            self._emit(st, from_client, events, pkt_no, ts)
+
+    def _emit(self, st: FlowState, from_client: bool, events: list[Event], pkt_no: int, ts: float) -> None:
+        flow = st.flow
+        if from_client:
+            src = (flow.client_ip, flow.client_port, flow.client_mac)
+            dst = (flow.server_ip, flow.server_port, flow.server_mac)
+        else:
+            src = (flow.server_ip, flow.server_port, flow.server_mac)
+            dst = (flow.client_ip, flow.client_port, flow.client_mac)
+        session = st.session
+        for ev in events:
+            ev.ts = ts
+            ev.packet = pkt_no
+            ev.capture = self.capture
+            ev.flow_id = flow.flow_id
+            ev.src_ip, ev.src_port, ev.src_mac = src
+            ev.dst_ip, ev.dst_port, ev.dst_mac = dst
+            session.pair(ev)
+            flow.events += 1
+            self.on_event(ev)
+
+    def _detect(self, st: FlowState, data: bytes, from_client: bool) -> Session | None:
+        """Pick the decoder for a new connection from its first bytes.
+
+        On a port registered for the decoder a passing probe is enough (as in Wireshark).
+        Off its ports the first message must also frame and decode without anomaly flags,
+        so look-alike bytes on arbitrary ports are not taken for an industrial protocol.
+        """
+        flow = st.flow
+        on_port = self.by_port.get(flow.server_port, []) + self.by_port.get(flow.client_port, [])
+        for dec in on_port:
+            if dec.probe(data, 0):
+                return self._attach(st, dec)
+        for dec in self.decoders:
+            if dec not in on_port and dec.probe(data, 0) and _confirmed(dec, data, from_client):
+                return self._attach(st, dec)
+        return None
+
+    def _attach(self, st: FlowState, dec: Decoder) -> Session:
+        """Start decoding. If the initiator sits on the protocol's server port (a device that
+        connects out from port 502, say), the decoder's client is the other side."""
+        ports = self.ports_of[dec.name]
+        st.flip = st.flow.client_port in ports and st.flow.server_port not in ports
+        st.session = Session(dec, self.health)
+        st.flow.decoded = True
+        st.flow.app = dec.name
+        return st.session
+
+    # --- connection lifecycle ------------------------------------------------------
+
+    @staticmethod
+    def _is_reuse(st: FlowState) -> bool:
+        """A new SYN on a known 5-tuple starts a new connection once the old one ended or carried data."""
+        return st.closed or st.flow.bytes_c2s > 0 or st.flow.bytes_s2c > 0
+
+    def _new(self, pkt_no: int, ts: float, pkt: tuple) -> tuple[FlowState, bool]:
+        src_mac, dst_mac, sip, dip, proto, sport, dport, flags, seq, ack, payload = pkt
+        known = proto == TCP and bool(flags & SYN)
+        if known:
+            sender_is_client = not flags & ACK
+        else:
+            sender_is_client = self._looks_like_client(proto, sport, dport)
+        if sender_is_client:
+            cip, cport, sip_, sport_ = sip, sport, dip, dport
+        else:
+            cip, cport, sip_, sport_ = dip, dport, sip, sport
+        transport = _TRANSPORT.get(proto, f"ip-{proto}")
+        flow = Flow(
+            flow_id=community_id(sip, dip, proto, sport, dport),
+            transport=transport, client_ip=ip_text(cip), client_port=cport,
+            server_ip=ip_text(sip_), server_port=sport_, initiator_known=known,
+            app=service_name(transport, sport_) or "unknown",
+            first_ts=ts, last_ts=ts, first_packet=pkt_no, last_packet=pkt_no,
+        )
+        c2s = (cip, cport, sip_, sport_, proto)
+        s2c = (sip_, sport_, cip, cport, proto)
+        st = FlowState(flow, (c2s, s2c))
+        self.index[c2s] = (st, True)
+        self.index[s2c] = (st, False)
+        self.states[id(st)] = st
+        self.counters["flows"] += 1
+        if len(self.states) > self.max_flows:
+            self._evict(ts)
+        return st, sender_is_client
+
+    def _looks_like_client(self, proto: int, sport: int, dport: int) -> bool:
+        """Without a handshake, the side on a known service port is the server."""
+        transport = _TRANSPORT.get(proto, "")
+        d_known = dport in self.by_port or service_name(transport, dport) is not None
+        s_known = sport in self.by_port or service_name(transport, sport) is not None
+        if d_known != s_known:
+            return d_known
+        return sport >= dport
+
+    def _close(self, st: FlowState, pkt_no: int, ts: float) -> None:
+        """FIN from both sides or RST: deliver what is queued, settle the session."""
+        st.closed = True
+        for from_client in (True, False):
+            stream = st.streams[from_client]
+            while stream.queue:
+                data = stream.skip_gap()
+                if data:
+                    self._deliver(st, from_client, data, True, pkt_no, ts)
+        if st.session is not None:
+            st.session.finish()
+
+    def _end(self, st: FlowState) -> None:
+        if not st.closed:
+            self._close(st, st.flow.last_packet, st.flow.last_ts)
+        for key in st.keys:
+            self.index.pop(key, None)
+        self.states.pop(id(st), None)
+        flow = st.flow
+        for stream in st.streams:
+            flow.gaps += stream.gaps
+            self.counters["retransmitted_bytes"] += stream.retransmitted_bytes
+            self.counters["overlap_conflicts"] += stream.overlap_conflicts
+            self.counters["gap_bytes"] += stream.gap_bytes
+        if any(s.overlap_conflicts for s in st.streams):
+            flow.anomalies.append("tcp.overlap_conflict")
+        if st.session is not None and len(st.session.protocols) == 1:
+            flow.app = next(iter(st.session.protocols))
+        self.on_flow(flow)
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + 10.0
+        for st in list(self.states.values()):
+            idle = now - st.flow.last_ts
+            limit = self.closed_linger if st.closed else (
+                self.tcp_idle if st.flow.transport == "tcp" else self.udp_idle)
+            if idle > limit:
+                self.counters["flows_timed_out"] += 1
+                self._end(st)
+
+    def _evict(self, now: float) -> None:
+        """Over the cap: end the closed and least recently active tenth of the connections."""
+        ranked = sorted(self.states.values(), key=lambda s: (not s.closed, s.flow.last_ts))
+        for st in ranked[: max(1, len(ranked) // 10)]:
+            self.counters["flows_evicted"] += 1
+            self._end(st)
+
+    def finish(self) -> None:
+        """End of input: every connection still open is reported."""
+        for st in list(self.states.values()):
+            self._end(st)

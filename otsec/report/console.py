@@ -1,0 +1,93 @@
+"""Terminal rendering of the analyze summary with rich.
+
+Everything shown comes from the wire, so it is printed as plain text (markup off),
+never interpreted as rich markup.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+OP_ORDER = ("read", "write", "program", "control", "diagnostic", "identify", "session", "other")
+
+
+def _time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", header_style="bold cyan")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    return table
+
+
+def _row(table: Table, *cells) -> None:
+    table.add_row(*(Text("" if c is None else str(c)) for c in cells))
+
+
+def render_summary(summary: dict, console: Console) -> None:
+    s = summary
+    duration = (s["last_ts"] - s["first_ts"]) if s["first_ts"] is not None and s["last_ts"] is not None else 0.0
+    head = _table("Capture", "files", "packets", "bytes", "from", "to", "duration", "decoded messages", "flows")
+    _row(head, "\n".join(s["captures"]), s["packets"], s["bytes"], _time(s["first_ts"]),
+         _time(s["last_ts"]), f"{duration:.1f} s", s["events"], s["flows"])
+    console.print(head)
+
+    hosts = _table("Hosts", "IP", "MAC", "vendor (OUI)", "role", "identity", "serves", "uses")
+    for h in s["hosts"]:
+        identity = ", ".join(f"{k}={v}" for k, v in sorted(h["identity"].items()))
+        _row(hosts, h["ip"], "\n".join(h["macs"]), h["vendor"] or "",
+             f"{h['role']}\n({h['role_evidence']})", identity,
+             ", ".join(h["serves"]), ", ".join(h["uses"]))
+    console.print(hosts)
+
+    talks = _table("Who talks to whom", "source", "destination", "protocol", "requests", "operations")
+    for t in s["communications"]:
+        ops = ", ".join(f"{op} {t['operations'][op]}" for op in OP_ORDER if op in t["operations"])
+        _row(talks, t["src"], t["dst"], t["protocol"], t["requests"], ops)
+    console.print(talks)
+
+    for proto, rows in s["functions"].items():
+        table = _table(f"{proto} functions", "code", "function", "count", "requests", "responses",
+                       "exceptions/errors", "notifications")
+        for r in rows:
+            code = "" if r["code"] is None else (f"0x{r['code']:02x}" if proto != "modbus" else str(r["code"]))
+            _row(table, code, r["function"], r["count"], r["requests"], r["responses"],
+                 r["exceptions"], r["notifications"])
+        console.print(table)
+
+    if s["applications"]:
+        apps = _table("Flows by application", "application", "flows")
+        for app, n in s["applications"].items():
+            _row(apps, app, n)
+        console.print(apps)
+
+    h = s["health"]
+    health = _table("Decode health", "measure", "value")
+    for label, key in (("malformed packets", "malformed_packets"),
+                       ("messages with anomaly flags", "messages_with_anomalies"),
+                       ("capture gaps (missing TCP data)", "capture_gaps"),
+                       ("bytes missing in gaps", "gap_bytes"),
+                       ("resynchronisations", "resyncs"),
+                       ("unframeable bytes skipped", "unframeable_bytes"),
+                       ("messages truncated at end of capture", "truncated_at_eof"),
+                       ("responses without request", "unpaired_responses"),
+                       ("requests without response", "unanswered_requests"),
+                       ("retransmitted bytes ignored", "retransmitted_bytes"),
+                       ("conflicting overlaps", "overlap_conflicts"),
+                       ("buffer overflows", "buffer_overflows"),
+                       ("flows evicted (table full)", "flows_evicted"),
+                       ("decoder errors", "decoder_errors")):
+        _row(health, label, h[key])
+    for reason, n in sorted(h["skipped_packets"].items()):
+        _row(health, f"packets skipped: {reason}", n)
+    for flag, n in h["anomalies"].items():
+        _row(health, f"anomaly {flag}", n)
+    console.print(health)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# System packages the test suite needs: tshark (differential tests against Wireshark's
+# dissectors), tcpreplay (sensor replay tests), libpcap (live capture), iproute2 (veth pairs).
+# Installs only what is missing; needs root (apt-get), as on CI and the dev machines.
+set -euo pipefail
+need=()
+command -v tshark >/dev/null || need+=(tshark)
+command -v tcpreplay >/dev/null || need+=(tcpreplay)
+command -v ip >/dev/null || need+=(iproute2)
+ldconfig -p 2>/dev/null | grep -q 'libpcap\.so' || need+=(libpcap0.8)
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-system-deps: need root to apt-get install ${need[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

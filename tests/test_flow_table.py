@@ -1,0 +1,126 @@
+"""The flow table: direction, content-based detection, connection reuse, bounds, Community ID."""
+
+import socket
+
+from otsec.flow.session import Health
+from otsec.flow.table import ACK, FIN, RST, SYN, FlowTable, community_id
+from tests.toy_protocol import TOY, msg
+
+A, B, C = (socket.inet_aton(ip) for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3"))
+MAC_A, MAC_B = bytes.fromhex("001b1b000001"), bytes.fromhex("0080f4000002")
+
+
+def pkt(src, sport, dst, dport, flags=ACK, seq=0, ack=0, payload=b"", proto=6):
+    macs = (MAC_A, MAC_B) if src == A else (MAC_B, MAC_A)
+    return (*macs, src, dst, proto, sport, dport, flags, seq, ack, payload)
+
+
+class Run:
+    def __init__(self, **kw):
+        self.events, self.flows = [], []
+        self.health = Health()
+        self.table = FlowTable((TOY,), {}, self.events.append, self.flows.append, self.health, **kw)
+        self.n = 0
+
+    def __call__(self, packet, ts=None):
+        self.n += 1
+        self.table.packet(self.n, float(self.n) if ts is None else ts, packet)
+
+
+def handshake(run, sport=40000, dport=9999):
+    run(pkt(A, sport, B, dport, SYN, seq=100))
+    run(pkt(B, dport, A, sport, SYN | ACK, seq=500, ack=101))
+    run(pkt(A, sport, B, dport, ACK, seq=101, ack=501))
+
+
+def test_community_id_matches_the_published_spec_vector():
+    saddr, daddr = socket.inet_aton("128.232.110.120"), socket.inet_aton("66.35.250.204")
+    assert community_id(saddr, daddr, 6, 34855, 80) == "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
+    assert community_id(daddr, saddr, 6, 80, 34855) == "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
+
+
+def test_handshake_sets_client_and_events_get_per_message_direction():
+    run = Run()
+    handshake(run)
+    run(pkt(A, 40000, B, 9999, ACK, seq=101, ack=501, payload=msg(b"q", 1, b"rd")))
+    run(pkt(B, 9999, A, 40000, ACK, seq=501, ack=108, payload=msg(b"r", 1, b"rd")))
+    run.table.finish()
+    req, resp = run.events
+    assert (req.src_ip, req.dst_ip, req.src_port, req.dst_port) == ("10.0.0.1", "10.0.0.2", 40000, 9999)
+    assert (resp.src_ip, resp.dst_ip) == ("10.0.0.2", "10.0.0.1")
+    assert req.src_mac == "00:1b:1b:00:00:01" and resp.src_mac == "00:80:f4:00:00:02"
+    assert (req.packet, resp.packet, resp.request_packet) == (4, 5, 4)
+    (flow,) = run.flows
+    assert flow.initiator_known and flow.client_ip == "10.0.0.1" and flow.decoded
+    assert flow.app == "toy" and flow.events == 2 and flow.packets_c2s == 3
+
+
+def test_content_detection_on_any_port_and_not_by_port_alone():
+    run = Run()
+    run(pkt(A, 40001, B, 12345, payload=msg(b"q", 1, b"x"), seq=1))     # toy on an odd port: found
+    run(pkt(A, 40002, B, 9999, payload=b"GET / HTTP/1.1\r\n\r\n", seq=1))  # toy's port, not toy: ignored
+    run.table.finish()
+    assert [e.function for e in run.events] == ["x"]
+    apps = {f.server_port: (f.app, f.decoded) for f in run.flows}
+    assert apps == {12345: ("toy", True), 9999: ("unknown", False)}
+
+
+def test_without_handshake_the_well_known_port_side_is_the_server():
+    run = Run()
+    run(pkt(B, 9999, A, 40000, payload=msg(b"r", 1, b"x"), seq=7))
+    run.table.finish()
+    (flow,) = run.flows
+    assert not flow.initiator_known and flow.server_ip == "10.0.0.2" and flow.server_port == 9999
+    assert run.events[0].kind == "response" and run.events[0].anomalies == ["toy.unpaired_response"]
+
+
+def test_new_syn_after_close_starts_a_new_connection():
+    run = Run()
+    handshake(run)
+    run(pkt(A, 40000, B, 9999, FIN | ACK, seq=101, ack=501))
+    run(pkt(B, 9999, A, 40000, FIN | ACK, seq=501, ack=102))
+    handshake(run)
+    run.table.finish()
+    assert len(run.flows) == 2
+
+
+def test_rst_closes_and_idle_flows_time_out():
+    run = Run(tcp_idle=60.0)
+    handshake(run)
+    run(pkt(A, 40000, B, 9999, RST, seq=101), ts=4.0)
+    run(pkt(A, 40001, C, 9999, SYN, seq=1), ts=5.0)
+    run(pkt(A, 40002, C, 9999, SYN, seq=1), ts=200.0)   # sweep: both earlier flows ended
+    assert len(run.flows) == 2 and run.table.counters["flows_timed_out"] == 2
+
+
+def test_flow_cap_evicts_least_recently_active():
+    run = Run(max_flows=20)
+    for i in range(30):
+        run(pkt(A, 1000 + i, B, 9999, SYN, seq=1))
+    assert len(run.table.states) <= 20
+    assert run.table.counters["flows_evicted"] >= 10
+    evicted_ports = {f.client_port for f in run.flows}
+    assert 1000 in evicted_ports and 1029 not in evicted_ports
+
+
+def test_hole_acknowledged_by_peer_becomes_gap_and_decoding_resumes():
+    run = Run()
+    handshake(run)
+    first, second, third = msg(b"q", 1, b"a"), msg(b"q", 2, b"b"), msg(b"q", 3, b"c")
+    run(pkt(A, 40000, B, 9999, seq=101, payload=first))
+    # `second` is never captured; `third` arrives and the server acknowledges both
+    run(pkt(A, 40000, B, 9999, seq=101 + len(first) + len(second), payload=third))
+    run(pkt(B, 9999, A, 40000, ACK, seq=501, ack=101 + len(first) + len(second) + len(third)))
+    run.table.finish()
+    assert [e.function for e in run.events] == ["a", "c"]
+    assert run.health.gaps == 1 and run.flows[0].gaps == 1
+
+
+def test_udp_and_other_ip_are_tracked_as_flows():
+    run = Run()
+    run(pkt(A, 5353, B, 53, 0, payload=b"q", proto=17))
+    run(pkt(B, 53, A, 5353, 0, payload=b"r", proto=17))
+    run(pkt(A, 0, B, 0, 0, payload=b"\x08\x00", proto=1))
+    run.table.finish()
+    kinds = sorted((f.transport, f.app, f.server_port) for f in run.flows)
+    assert kinds == [("icmp", "unknown", 0), ("udp", "dns", 53)]
