@@ -46,21 +46,24 @@ class Host:
 
     def role(self) -> tuple[str, str]:
         """Inferred role and the evidence for it."""
-        controller = [p for p in self.served if p in CONTROLLER_PROTOCOLS]
-        if controller or CONTROLLER_IDENTITY_KEYS & self.identity.keys():
-            what = ", ".join(sorted(controller)) or "controller identity"
-            return "plc", f"answers {what} requests"
+        # A PLC mostly answers; an S7 engineering station also answers the PLC's own
+        # "download block" jobs during a download, so compare both directions.
+        answered = sum(n for p, n in self.served.items() if p in CONTROLLER_PROTOCOLS)
+        asked = sum(n for p, n in self.used.items() if p in CONTROLLER_PROTOCOLS)
+        if answered > asked or CONTROLLER_IDENTITY_KEYS & self.identity.keys():
+            what = ", ".join(sorted(p for p in self.served if p in CONTROLLER_PROTOCOLS))
+            return "plc", f"answers {what or 'controller'} requests"
         sent = self.sent_classes
-        if sent["program"] or sent["control"]:
+        ot_used = sorted(p for p in self.used if p in CONTROLLER_PROTOCOLS)
+        if sent["program"] or (sent["control"] and not sent["write"]):
             return "engineering_workstation", (
                 f"sent {sent['program']} program and {sent['control']} control operations")
-        ot_used = [p for p in self.used if p in CONTROLLER_PROTOCOLS]
         if ot_used and sent["write"]:
-            return "hmi", f"reads and writes process values over {', '.join(sorted(ot_used))}"
+            return "hmi", f"reads and writes process values over {', '.join(ot_used)}"
         if self.used.get("opcua") or (ot_used and len(self.peers_as_client) >= 3):
             return "historian", f"collects data from {len(self.peers_as_client)} server(s)"
         if ot_used:
-            return "hmi", f"polls {', '.join(sorted(ot_used))}"
+            return "hmi", f"polls {', '.join(ot_used)}"
         if self.served:
             return "server", f"serves {', '.join(sorted(self.served))}"
         return "unknown", "no industrial protocol role observed"

@@ -25,7 +25,7 @@ from otsec.store.db import CaptureWriter, StoreError, open_db
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="OT network security monitor and segmentation auditor.")
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 #: Files above this size get a progress bar (when stderr is a terminal).
 PROGRESS_MIN_BYTES = 16 * 1024 * 1024
@@ -170,7 +170,10 @@ def analyze(
     if output_format == "json":
         print(json.dumps(report, indent=2, default=str))
     else:
-        render_summary(report, Console(highlight=False))
+        out_console = Console(highlight=False)
+        if not out_console.is_terminal:
+            out_console = Console(highlight=False, width=160)
+        render_summary(report, out_console)
     for message in damaged:
         err.print(f"otsec: warning: {message} (results above cover the packets before it)", markup=False)
     if damaged:

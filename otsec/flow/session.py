@@ -17,8 +17,11 @@ from __future__ import annotations
 from otsec.decoders.base import NEED_MORE, UNFRAMEABLE, Decoder
 from otsec.model import Event
 
-#: Bytes of an unfinished message kept per direction before giving up on it.
-MAX_BUFFERED_BYTES = 1 << 20
+#: Bytes of an unfinished message kept per direction before giving up on it (an OPC UA
+#: chunk may legally be larger; such a chunk is counted as a buffer overflow).
+MAX_BUFFERED_BYTES = 4 << 20
+#: Bytes kept while searching for a message start, for probes that need a whole header.
+SYNC_TAIL = 512
 #: Requests awaiting their response per connection; the oldest is dropped beyond this.
 MAX_PENDING_REQUESTS = 1024
 
@@ -68,8 +71,8 @@ class Session:
             if self.syncing[i]:
                 start = self._find_start(buf, pos)
                 if start < 0:
-                    # keep a short tail: a header may straddle the next segment
-                    keep = max(pos, end - 32)
+                    # keep a tail: a probe may need more of a message than has arrived
+                    keep = max(pos, end - SYNC_TAIL)
                     self.health.unframeable_bytes += keep - pos
                     pos = keep
                     break

@@ -19,7 +19,7 @@ import socket
 import struct
 from typing import Callable
 
-from otsec.decoders.base import Decoder
+from otsec.decoders.base import NEED_MORE, Decoder
 from otsec.flow.reassembly import Stream
 from otsec.flow.services import service_name
 from otsec.flow.session import Health, Session
@@ -27,9 +27,13 @@ from otsec.model import Event, Flow
 
 TCP, UDP = 6, 17
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-#: Payload-carrying segments tried for protocol detection before a connection is
+#: Windows of a connection's first bytes tried for protocol detection before it is
 #: labelled by its port only (a capture may start in the middle of a message).
 DETECTION_ATTEMPTS = 8
+#: Bytes a direction may collect while waiting for a recognisable message start,
+#: and while waiting for the rest of a recognised first message off its usual port.
+DETECTION_WINDOW = 64
+MAX_MESSAGE_AWAITED = 16 * 1024
 _TRANSPORT = {TCP: "tcp", UDP: "udp", 1: "icmp", 58: "icmp6"}
 
 
@@ -51,13 +55,10 @@ def mac_text(mac: bytes | None) -> str | None:
     return mac.hex(":") if mac else None
 
 
-def _confirmed(dec: Decoder, data: bytes, from_client: bool) -> bool:
-    """The first message is complete and decodes cleanly (trial run on a scratch state)."""
-    n = dec.frame(data, 0)
-    if n <= 0:
-        return False
+def _decodes_cleanly(dec: Decoder, msg: bytes, from_client: bool) -> bool:
+    """Trial decode of a connection's first message on a scratch state."""
     try:
-        events = dec.decode(data[:n], from_client, dec.new_state())
+        events = dec.decode(msg, from_client, dec.new_state())
     except Exception:
         return False
     return bool(events) and not any(ev.anomalies for ev in events)
@@ -66,7 +67,8 @@ def _confirmed(dec: Decoder, data: bytes, from_client: bool) -> bool:
 class FlowState:
     """Live state of one connection."""
 
-    __slots__ = ("flow", "keys", "streams", "session", "flip", "attempts", "fins", "closed")
+    __slots__ = ("flow", "keys", "streams", "session", "flip", "attempts", "undetected", "fins",
+                 "closed")
 
     def __init__(self, flow: Flow, keys: tuple):
         self.flow = flow
@@ -75,6 +77,7 @@ class FlowState:
         self.session: Session | None = None
         self.flip = False                 # decoder's client is the connection's server
         self.attempts = DETECTION_ATTEMPTS
+        self.undetected = [b"", b""]      # first bytes per direction awaiting detection
         self.fins = 0
         self.closed = False
 
@@ -140,7 +143,7 @@ class FlowTable:
         stream = st.streams[from_client]
         if flags & SYN:
             stream.syn(seq)
-        if payload and not st.closed:
+        if payload:
             data = stream.push(seq, payload)
             if data:
                 self._deliver(st, from_client, data, stream.gapped, pkt_no, ts)
@@ -151,24 +154,50 @@ class FlowTable:
                 if data:
                     self._deliver(st, not from_client, data, True, pkt_no, ts)
         if flags & (FIN | RST) and not st.closed:
+            # ended, but a retransmission may still fill a hole: the queued data is only
+            # given up when the flow is retired (linger timeout, reuse, end of input)
             st.fins += 1 if flags & FIN else 2
-            if st.fins >= 2:
-                self._close(st, pkt_no, ts)
+            st.closed = st.fins >= 2
 
     def _deliver(self, st: FlowState, from_client: bool, data: bytes, gapped: bool,
                  pkt_no: int, ts: float) -> None:
         session = st.session
         if session is None:
-            if st.attempts <= 0:
+            data = self._await_detection(st, from_client, data, gapped)
+            if not data:
                 return
-            st.attempts -= 1
-            session = self._detect(st, data, from_client)
-            if session is None:
-                return
+            session = st.session
             gapped = False
+            # the other direction's first bytes, held while undetected, are decoded too
+            # (the session resynchronises if they do not start with a message)
+            other, st.undetected = st.undetected[not from_client], [b"", b""]
+            if other:
+                events = session.feed(other, from_client == st.flip, False)
+                if events:
+                    self._emit(st, not from_client, events, pkt_no, ts)
         events = session.feed(data, from_client != st.flip, gapped)
         if events:
             self._emit(st, from_client, events, pkt_no, ts)
+
+    def _await_detection(self, st: FlowState, from_client: bool, data: bytes, gapped: bool) -> bytes:
+        """Collect a direction's first bytes until a decoder recognises them.
+
+        Returns the bytes to decode once a decoder is attached, else b"". A window that
+        fills up without a match (a capture starting mid-message, or another protocol)
+        is dropped and counts as one failed attempt.
+        """
+        if st.attempts <= 0:
+            return b""
+        held = b"" if gapped else st.undetected[from_client]
+        data = held + data if held else data
+        found = self._detect(st, data, from_client)
+        if isinstance(found, Session):
+            return data
+        if len(data) >= (MAX_MESSAGE_AWAITED if found else DETECTION_WINDOW):
+            st.attempts -= 1
+            data = b""
+        st.undetected[from_client] = data
+        return b""
 
     def _emit(self, st: FlowState, from_client: bool, events: list[Event], pkt_no: int, ts: float) -> None:
         flow = st.flow
@@ -190,22 +219,30 @@ class FlowTable:
             flow.events += 1
             self.on_event(ev)
 
-    def _detect(self, st: FlowState, data: bytes, from_client: bool) -> Session | None:
+    def _detect(self, st: FlowState, data: bytes, from_client: bool) -> Session | bool:
         """Pick the decoder for a new connection from its first bytes.
 
         On a port registered for the decoder a passing probe is enough (as in Wireshark).
         Off its ports the first message must also frame and decode without anomaly flags,
         so look-alike bytes on arbitrary ports are not taken for an industrial protocol.
+        Returns the session, or whether a probe passed on a message not yet complete.
         """
         flow = st.flow
         on_port = self.by_port.get(flow.server_port, []) + self.by_port.get(flow.client_port, [])
         for dec in on_port:
-            if dec.probe(data, 0):
+            # offset 1 too: a connection picked up mid-stream may begin with the byte of a
+            # TCP keep-alive probe (seq = next - 1), which cannot be told apart from data
+            if dec.probe(data, 0) or (len(data) > 1 and dec.probe(data, 1)):
                 return self._attach(st, dec)
+        incomplete = False
         for dec in self.decoders:
-            if dec not in on_port and dec.probe(data, 0) and _confirmed(dec, data, from_client):
-                return self._attach(st, dec)
-        return None
+            if dec not in on_port and dec.probe(data, 0):
+                n = dec.frame(data, 0)
+                if n == NEED_MORE:
+                    incomplete = True
+                elif n > 0 and _decodes_cleanly(dec, data[:n], from_client):
+                    return self._attach(st, dec)
+        return incomplete
 
     def _attach(self, st: FlowState, dec: Decoder) -> Session:
         """Start decoding. If the initiator sits on the protocol's server port (a device that
@@ -263,21 +300,16 @@ class FlowTable:
             return d_known
         return sport >= dport
 
-    def _close(self, st: FlowState, pkt_no: int, ts: float) -> None:
-        """FIN from both sides or RST: deliver what is queued, settle the session."""
-        st.closed = True
+    def _end(self, st: FlowState) -> None:
+        """Retire a connection: give up on holes, deliver what is queued, report the flow."""
         for from_client in (True, False):
             stream = st.streams[from_client]
             while stream.queue:
                 data = stream.skip_gap()
                 if data:
-                    self._deliver(st, from_client, data, True, pkt_no, ts)
+                    self._deliver(st, from_client, data, True, st.flow.last_packet, st.flow.last_ts)
         if st.session is not None:
             st.session.finish()
-
-    def _end(self, st: FlowState) -> None:
-        if not st.closed:
-            self._close(st, st.flow.last_packet, st.flow.last_ts)
         for key in st.keys:
             self.index.pop(key, None)
         self.states.pop(id(st), None)

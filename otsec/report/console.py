@@ -12,6 +12,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+#: Identity fields worth a column; the JSON summary carries all of them.
+IDENTITY_SHOWN = frozenset({"vendor", "product_code", "product", "revision", "order_number",
+                            "module", "module_type", "firmware", "serial_number", "plant_id",
+                            "application_name", "application_uri"})
 OP_ORDER = ("read", "write", "program", "control", "diagnostic", "identify", "session", "other")
 
 
@@ -42,9 +46,8 @@ def render_summary(summary: dict, console: Console) -> None:
 
     hosts = _table("Hosts", "IP", "MAC", "vendor (OUI)", "role", "identity", "serves", "uses")
     for h in s["hosts"]:
-        identity = ", ".join(f"{k}={v}" for k, v in sorted(h["identity"].items()))
-        _row(hosts, h["ip"], "\n".join(h["macs"]), h["vendor"] or "",
-             f"{h['role']}\n({h['role_evidence']})", identity,
+        identity = "\n".join(f"{k}: {v}" for k, v in sorted(h["identity"].items()) if k in IDENTITY_SHOWN)
+        _row(hosts, h["ip"], "\n".join(h["macs"]), h["vendor"] or "", h["role"], identity,
              ", ".join(h["serves"]), ", ".join(h["uses"]))
     console.print(hosts)
 

@@ -1,0 +1,328 @@
+"""`otsec policy`, `otsec baseline` and `otsec check`: thin commands over otsec.policy,
+otsec.detect and otsec.store.detect_store.
+
+Exit codes: 0 success (for ``check``: no finding at or above ``--fail-on``); 1 a finding
+at or above ``--fail-on``; 2 usage, input, policy or database errors (one clear line each,
+never a traceback).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from otsec.capture import CaptureError
+from otsec.detect.baseline import Baseline, Learner, diff as baseline_diff
+from otsec.detect.checker import Checker
+from otsec.detect.findings import Finding
+from otsec.detect.rules import SEVERITIES, severity_rank
+from otsec.engine import Engine
+from otsec.model import Event, Flow
+from otsec.policy.draft import Drafter
+from otsec.policy.loader import PolicyError, load_policy, parse_policy
+from otsec.policy.model import Policy
+from otsec.store import detect_store
+from otsec.store.db import StoreError, file_sha256, open_db
+
+policy_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                         help="Validate or draft a zones-and-conduits policy.")
+baseline_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                           help="Learn, show and compare per-zone communication baselines.")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"otsec: error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def _policy(path: Path) -> Policy:
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        for line in exc.errors:
+            err.print(line, markup=False)
+        raise typer.Exit(2) from None
+
+
+def _db(path: Path):
+    try:
+        return open_db(path)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _existing_db(path: Path):
+    if not path.is_file():
+        raise _fail(f"{path}: no such database")
+    if not detect_store.is_sqlite(path):
+        raise _fail(f"{path}: not an otsec database")
+    return _db(path)
+
+
+def _run(paths: list[Path], on_event: Callable[[Event], None], on_flow: Callable[[Flow], None],
+         on_capture: Callable[[str], None] | None = None) -> dict:
+    """Stream the captures through one engine; capture problems become exit 2 or a warning."""
+    for p in paths:
+        if not p.is_file():
+            raise _fail(f"{p}: no such capture file")
+    engine = Engine(None, on_event, on_flow)
+    try:
+        for p in paths:
+            if on_capture:
+                on_capture(str(p))
+            engine.read_file(p)
+    except CaptureError as exc:
+        raise _fail(str(exc)) from None
+    stats = engine.finish()
+    for problem in stats.get("capture_errors") or ():
+        err.print(f"otsec: warning: {problem} (results cover the packets before it)", markup=False)
+    return stats
+
+
+# --- otsec policy ------------------------------------------------------------------------
+
+@policy_app.command("validate")
+def policy_validate(file: Path = typer.Argument(..., help="Policy YAML file.")) -> None:
+    """Check a policy; print every problem as FILE:LINE: message (exit 2) or a summary (exit 0)."""
+    policy = _policy(file)
+    out.print(f"{file}: valid: {policy.summary()}", markup=False)
+
+
+@policy_app.command("init")
+def policy_init(
+    captures: List[Path] = typer.Option(..., "--from", help="Capture(s) to draft the policy from (repeatable)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the draft here (default: stdout)."),
+) -> None:
+    """Draft a policy from observed subnets, hosts and cross-zone communications."""
+    drafter = Drafter()
+    _run(captures, drafter.on_event, drafter.on_flow)
+    text = drafter.draft([str(c) for c in captures])
+    try:
+        parse_policy(text, str(output or "<draft>"))
+    except PolicyError as exc:   # a drafting bug must not hand the user a broken file
+        raise _fail("the drafted policy does not validate: " + "; ".join(exc.errors)) from None
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"{output}: cannot write: {exc.strerror or exc}") from None
+    err.print(f"wrote draft policy {output}; review it, then: otsec policy validate {output}", markup=False)
+
+
+# --- otsec baseline ----------------------------------------------------------------------
+
+def _learn(paths: list[Path], policy: Policy) -> Baseline:
+    learner = Learner(policy)
+    _run(paths, learner.on_event, learner.on_flow)
+    return learner.baseline
+
+
+@baseline_app.command("learn")
+def baseline_learn(
+    captures: List[Path] = typer.Argument(..., help="Capture(s) of the learning period."),
+    policy_file: Path = typer.Option(..., "--policy", "-p", help="Policy YAML (zones for the zone pairs)."),
+    db_path: Path = typer.Option(..., "--db", help="Baseline database (created if needed; learning adds to it)."),
+) -> None:
+    """Record who talks to whom, per zone pair, into the baseline database."""
+    policy = _policy(policy_file)
+    db = _db(db_path)
+    done = detect_store.learned_captures(db)
+    todo: dict[str, Path] = {}
+    for p in captures:
+        if not p.is_file():
+            raise _fail(f"{p}: no such capture file")
+        sha = file_sha256(p)
+        if sha in done or sha in todo:
+            err.print(f"{p}: already learned, skipped", markup=False)
+        else:
+            todo[sha] = p
+    if todo:
+        learned = _learn(list(todo.values()), policy)
+        detect_store.save_baseline(db, learned, {sha: str(p) for sha, p in todo.items()})
+    stored = detect_store.load_baseline(db)
+    out.print(f"{db_path}: {len(stored.entries)} communications, {len(stored.devices)} devices "
+              f"({len(todo)} capture(s) learned)", markup=False)
+
+
+def _entry_dict(e) -> dict:
+    k = e.key
+    return {"src_zone": k.src_zone, "dst_zone": k.dst_zone, "src_ip": k.src_ip, "src": e.src_name,
+            "dst_ip": k.dst_ip, "dst": e.dst_name, "protocol": k.protocol, "port": k.port,
+            "op_class": k.op_class, "function": k.function, "targets": e.targets_list(),
+            "count": e.count, "first_seen": e.first_seen, "last_seen": e.last_seen}
+
+
+def _ts(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _entries_table(title: str, entries) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("zones", "source", "destination", "protocol", "operation", "function", "targets",
+                "count", "first seen", "last seen"):
+        t.add_column(col, overflow="fold")
+    for e in entries:
+        k = e.key
+        t.add_row(f"{k.src_zone or '-'} -> {k.dst_zone or '-'}", e.src_name or k.src_ip,
+                  e.dst_name or k.dst_ip, f"{k.protocol}/{k.port}", k.op_class or "-", k.function or "-",
+                  e.targets_text() or "-", str(e.count), _ts(e.first_seen), _ts(e.last_seen))
+    return t
+
+
+@baseline_app.command("show")
+def baseline_show(
+    db_path: Path = typer.Option(..., "--db", help="Baseline database."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
+) -> None:
+    """List the learned communications (and devices) of a baseline."""
+    b = detect_store.load_baseline(_existing_db(db_path))
+    entries = sorted(b.entries.values(), key=_order)
+    if as_json:
+        for e in entries:
+            sys.stdout.write(json.dumps({"type": "communication", **_entry_dict(e)}) + "\n")
+        for d in sorted(b.devices.values(), key=lambda d: d.ip):
+            sys.stdout.write(json.dumps({"type": "device", "ip": d.ip, "name": d.name, "zone": d.zone,
+                                         "macs": sorted(d.macs), "identity": d.identity, "count": d.count,
+                                         "first_seen": d.first_seen, "last_seen": d.last_seen}) + "\n")
+        return
+    out.print(_entries_table(f"Baseline {db_path}: {len(entries)} communications", entries))
+    t = Table(title=f"{len(b.devices)} devices", title_justify="left")
+    for col in ("ip", "name", "zone", "mac", "identity"):
+        t.add_column(col, overflow="fold")
+    for d in sorted(b.devices.values(), key=lambda d: d.ip):
+        t.add_row(d.ip, d.name or "(undeclared)", d.zone or "-", ", ".join(sorted(d.macs)) or "-",
+                  ", ".join(f"{k}={v}" for k, v in d.identity.items()) or "-")
+    out.print(t)
+
+
+def _order(e) -> tuple:
+    k = e.key
+    return (k.src_zone, k.dst_zone, k.src_ip, k.dst_ip, k.protocol, k.port, k.op_class, k.function)
+
+
+def _side(paths: list[Path], policy_file: Path | None, label: str) -> Baseline:
+    """A baseline database, or captures learned on the fly (needs --policy)."""
+    if len(paths) == 1 and detect_store.is_sqlite(paths[0]):
+        return detect_store.load_baseline(_existing_db(paths[0]))
+    if any(detect_store.is_sqlite(p) for p in paths):
+        raise _fail(f"{label}: give one baseline database or only captures, not both")
+    if policy_file is None:
+        raise _fail(f"{label}: comparing captures needs --policy (for the zones)")
+    return _learn(paths, _policy(policy_file))
+
+
+@baseline_app.command("diff")
+def baseline_diff_cmd(
+    old: List[Path] = typer.Option(..., "--old", help="Baseline database, or capture(s) (repeatable)."),
+    new: List[Path] = typer.Option(..., "--new", help="Baseline database, or capture(s) (repeatable)."),
+    policy_file: Optional[Path] = typer.Option(None, "--policy", "-p", help="Policy, needed for captures."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of tables."),
+) -> None:
+    """What the NEW side has that the OLD side lacks, what disappeared, and what changed."""
+    a = _side(old, policy_file, "--old")
+    b = _side(new, policy_file, "--new")
+    d = baseline_diff(a, b)
+    if as_json:
+        for change, entries in (("added", d.added), ("removed", d.removed)):
+            for e in entries:
+                sys.stdout.write(json.dumps({"change": change, **_entry_dict(e)}) + "\n")
+        for o, n in d.changed:
+            sys.stdout.write(json.dumps({"change": "targets", **_entry_dict(n),
+                                         "old_targets": o.targets_list()}) + "\n")
+        for change, devices in (("device_added", d.devices_added), ("device_removed", d.devices_removed)):
+            for dev in devices:
+                sys.stdout.write(json.dumps({"change": change, "ip": dev.ip, "name": dev.name,
+                                             "zone": dev.zone, "macs": sorted(dev.macs)}) + "\n")
+        return
+    out.print(f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} with new targets, "
+              f"{len(d.devices_added)} new devices, {len(d.devices_removed)} devices gone", markup=False)
+    if d.added:
+        out.print(_entries_table("Added (in --new only)", d.added))
+    if d.removed:
+        out.print(_entries_table("Removed (in --old only)", d.removed))
+    if d.changed:
+        out.print(_entries_table("Targets changed (shown: --new)", [n for _, n in d.changed]))
+    for title, devices in (("New devices", d.devices_added), ("Devices gone", d.devices_removed)):
+        if devices:
+            out.print(f"{title}: " + ", ".join(f"{x.ip} ({x.name or 'undeclared'})" for x in devices),
+                      markup=False)
+
+
+# --- otsec check -------------------------------------------------------------------------
+
+SEVERITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
+
+
+def _findings_table(findings: list[Finding]) -> Table:
+    t = Table(title=f"{len(findings)} findings", title_justify="left")
+    for col in ("severity", "rule", "source", "destination", "protocol", "count", "packets", "explanation"):
+        t.add_column(col, overflow="fold")
+    for f in findings:
+        packets = str(f.first_packet) if f.first_packet == f.last_packet else f"{f.first_packet}-{f.last_packet}"
+        src = f"{f.src.label} [{f.src.zone or 'external'}]"
+        dst = f"{f.dst.label} [{f.dst.zone or 'external'}]" if f.dst else "-"
+        proto = f"{f.protocol}/{f.port}" if f.protocol else "-"
+        t.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.rule_id, src, dst, proto,
+                  str(f.count), packets, f.explanation)
+    return t
+
+
+def check(
+    captures: List[Path] = typer.Argument(..., help="Capture file(s) to check."),
+    policy_file: Path = typer.Option(..., "--policy", "-p", help="Policy YAML."),
+    baseline_db: Optional[Path] = typer.Option(None, "--baseline", help="Baseline database (enables new-communication findings)."),
+    db_path: Optional[Path] = typer.Option(None, "--db", help="Store the run and its findings in this database."),
+    json_file: Optional[str] = typer.Option(None, "--json", help="Write findings as JSON lines to FILE ('-' for stdout)."),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Exit 1 when a finding of this severity or higher exists: " + ", ".join(SEVERITIES)),
+) -> None:
+    """Check captures against the policy (and baseline); report aggregated findings."""
+    if fail_on is not None and fail_on not in SEVERITIES:
+        raise _fail(f"--fail-on {fail_on!r}: expected one of {', '.join(SEVERITIES)}")
+    policy = _policy(policy_file)
+    baseline = detect_store.load_baseline(_existing_db(baseline_db)) if baseline_db else None
+    db = _db(db_path) if db_path else None
+    checker = Checker(policy, baseline)
+
+    def on_capture(name: str) -> None:
+        checker.capture = name
+
+    _run(captures, checker.on_event, checker.on_flow, on_capture)
+    findings = checker.finish()
+    active = [f for f in findings if f.suppressed is None]
+    if json_file is not None:
+        lines = "".join(json.dumps(f.to_dict()) + "\n" for f in findings)
+        if json_file == "-":
+            sys.stdout.write(lines)
+        else:
+            try:
+                Path(json_file).write_text(lines, encoding="utf-8")
+            except OSError as exc:
+                raise _fail(f"{json_file}: cannot write: {exc.strerror or exc}") from None
+    if db is not None:
+        detect_store.save_findings(db, findings, str(policy_file), str(baseline_db) if baseline_db else None,
+                                   [str(c) for c in captures])
+    console = err if json_file == "-" else out
+    if active:
+        console.print(_findings_table(active))
+    else:
+        console.print("no findings", markup=False)
+    suppressed = len(findings) - len(active)
+    if suppressed:
+        console.print(f"{suppressed} finding(s) suppressed by the policy", markup=False)
+    if checker.agg.dropped:
+        console.print(f"warning: {checker.agg.dropped} occurrences not aggregated (finding cap reached)",
+                      markup=False)
+    if fail_on is not None and any(severity_rank(f.severity) >= severity_rank(fail_on) for f in active):
+        raise typer.Exit(1)

@@ -1,0 +1,748 @@
+"""Siemens S7 over ISO-on-TCP (port 102): TPKT/COTP, S7comm (0x32) and S7comm-plus (0x72).
+
+One framed message is one TPKT. COTP data TPDUs are reassembled per direction until the
+end-of-TSDU bit; the TSDU is then decoded as S7comm or S7comm-plus
+(:mod:`otsec.decoders.s7comm_plus`). TPKT/COTP helpers live in :mod:`otsec.decoders.cotp`.
+
+S7comm PDU (one COTP TSDU)::
+
+    +------+--------+-----------+---------+-----------+----------+--------------+-------+------+
+    | 0x32 | ROSCTR | redundancy| PDU ref | param len | data len | [err class,  | param | data |
+    |      | 1 byte | id (2)    | BE16    | BE16      | BE16     |  err code]   |       |      |
+    +------+--------+-----------+---------+-----------+----------+--------------+-------+------+
+    ROSCTR 1 Job, 2 Ack, 3 Ack_Data, 7 Userdata; the error bytes exist for 2 and 3 only.
+
+    Job/Ack_Data param:  function(1) | function-specific ...
+      Read/Write Var item (S7ANY): 0x12 | len | syntax id 0x10 | transport size | count(2) |
+                                   DB(2) | area | address(3) = byte << 3 | bit
+      data item: return code | transport size | length(2, bits for BIT/BYTE/INT) | value | [fill]
+      block functions: ... | filename length | "_0A00001P" (file id, block type, number, filesystem)
+      PI-Service: function | 7 bytes | param block length(2) | param block | name length | name
+    Userdata param: 00 01 12 | param len | method | type<<4 | group | subfunction | sequence
+                    [| data unit ref | last data unit | error code(2)]
+      data: return code | transport size | length(2) | payload (e.g. SZL id, index, records)
+
+Names of functions, areas, return codes, userdata groups and subfunctions are Wireshark's.
+Operation classes: see docs/protocols/s7comm.md.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from otsec.decoders import cotp
+from otsec.decoders.base import NEED_MORE, UNFRAMEABLE, Decoder
+from otsec.decoders.s7comm_plus import PLUS_ID, PlusState, decode_plus, plausible_start
+from otsec.model import Event, Target
+
+S7_ID = 0x32
+S7_PORT = 102
+
+ROSCTR_JOB = 1
+ROSCTR_ACK = 2
+ROSCTR_ACK_DATA = 3
+ROSCTR_USERDATA = 7
+ROSCTR_NAMES = {ROSCTR_JOB: "Job", ROSCTR_ACK: "Ack", ROSCTR_ACK_DATA: "Ack_Data",
+                ROSCTR_USERDATA: "Userdata"}
+_HEADER_LEN = {ROSCTR_JOB: 10, ROSCTR_ACK: 12, ROSCTR_ACK_DATA: 12, ROSCTR_USERDATA: 10}
+
+#: Header error class -> Wireshark name (``s7comm.header.errcls``).
+ERROR_CLASS_NAMES = {
+    0x00: "No error", 0x81: "Application relationship", 0x82: "Object definition",
+    0x83: "No resources available", 0x84: "Error on service processing",
+    0x85: "Error on supplies", 0x87: "Access error",
+}
+#: (class << 8 | code) -> Wireshark name (``param_errcode_names``); the codes seen in
+#: practice and the security-relevant ones. Others are reported by number.
+ERROR_CODE_NAMES = {
+    0x0000: "No error", 0x0110: "Invalid block number", 0x0111: "Invalid request length",
+    0x0112: "Invalid parameter", 0x0113: "Invalid block type", 0x0114: "Block not found",
+    0x0115: "Block already exists", 0x0116: "Block is write-protected",
+    0x0117: "The block/operating system update is too large", 0x0118: "Invalid block number",
+    0x0119: "Incorrect password entered", 0x011A: "PG resource error",
+    0x011B: "PLC resource error", 0x011C: "Protocol error",
+    0x011D: "Too many blocks (module-related restriction)",
+    0x0140: "Insufficient memory available",
+    0x0141: "Job cannot be processed because of a lack of resources",
+    0x8104: "This service is not implemented on the module or a frame error was reported",
+    0x8500: "S7 protocol error: Wrong frames",
+    0x8701: "Error addressing the object on the communications partner (for example, area length error)",
+    0x8702: "The requested service is not supported by the module",
+    0x8703: "Access to object refused", 0x8704: "Access error: Object damaged",
+    0xD001: "Protocol error: Illegal job number",
+    0xD041: "Data error: Illegal status list ID",
+    0xD0A1: "Function not permitted in current protection level",
+    0xD0A3: "Too many 'modify tag' jobs active on the I/O (in particular multi-processor operation)",
+    0xD0A4: "'Forcing' has already been established",
+    0xD0A5: "Referenced job not found", 0xD0AD: "Operating mode already set",
+    0xD081: "Function not permitted in current mode",
+    0xD20C: "OB cannot be copied because the associated priority class does not exist",
+    0xD209: "(At least) one of the given blocks not found on the module",
+    0xD20E: "No (further) block available",
+    0xD241: "The function is not permitted in the current protection level",
+    0xD242: "Protection violation while processing F blocks",
+    0xD401: "Information function unavailable",
+    0xD602: "Incorrect password entered",
+    0xD603: "The connection has already been legitimized",
+    0xD604: "The connection has already been enabled",
+    0xD605: "Legitimization not possible because password does not exist",
+    0xD801: "At least one tag address is invalid",
+    0xDC01: "Date and/or time invalid",
+}
+
+F_READ_VAR = 0x04
+F_WRITE_VAR = 0x05
+F_REQUEST_DOWNLOAD = 0x1A
+F_DOWNLOAD_BLOCK = 0x1B
+F_DOWNLOAD_ENDED = 0x1C
+F_START_UPLOAD = 0x1D
+F_UPLOAD = 0x1E
+F_END_UPLOAD = 0x1F
+F_PI_SERVICE = 0x28
+F_PLC_STOP = 0x29
+F_SETUP_COMM = 0xF0
+#: Job function -> (Wireshark name, operation class). Upload is "program": it extracts logic.
+JOB_FUNCTIONS = {
+    0x00: ("CPU services", "other"),
+    F_READ_VAR: ("Read Var", "read"),
+    F_WRITE_VAR: ("Write Var", "write"),
+    F_REQUEST_DOWNLOAD: ("Request download", "program"),
+    F_DOWNLOAD_BLOCK: ("Download block", "program"),
+    F_DOWNLOAD_ENDED: ("Download ended", "program"),
+    F_START_UPLOAD: ("Start upload", "program"),
+    F_UPLOAD: ("Upload", "program"),
+    F_END_UPLOAD: ("End upload", "program"),
+    F_PI_SERVICE: ("PI-Service", "control"),
+    F_PLC_STOP: ("PLC Stop", "control"),
+    F_SETUP_COMM: ("Setup communication", "session"),
+}
+_FILENAME_FUNCTIONS = frozenset({F_REQUEST_DOWNLOAD, F_DOWNLOAD_BLOCK, F_DOWNLOAD_ENDED,
+                                 F_START_UPLOAD})
+
+#: PI service name -> operation class; names not listed are "control" (a PI starts a
+#: program-invocation on the PLC), NC file services ``_N_F_*`` are "program".
+PI_SERVICE_OPS = {
+    "P_PROGRAM": "control",   # start/stop the user program (also carried by PLC Stop)
+    "_INSE": "program",       # activate (insert) downloaded blocks
+    "_DELE": "program",       # delete blocks
+    "_MODU": "program",       # copy RAM to ROM
+    "_GARB": "program",       # compress memory
+    "_N_LOGIN_": "session",
+    "_N_LOGOUT": "session",
+}
+
+#: Area code -> (short name used in targets, Wireshark name).
+AREAS = {
+    0x03: ("SI200", "System info of 200 family"), 0x05: ("SF200", "System flags of 200 family"),
+    0x06: ("AI200", "Analog inputs of 200 family"), 0x07: ("AQ200", "Analog outputs of 200 family"),
+    0x01: ("DR", "Data record"),
+    0x1C: ("C", "S7 counters (C)"), 0x1D: ("T", "S7 timers (T)"),
+    0x1E: ("IEC C", "IEC counters (200 family)"), 0x1F: ("IEC T", "IEC timers (200 family)"),
+    0x80: ("P", "Direct peripheral access (P)"), 0x81: ("I", "Inputs (I)"),
+    0x82: ("Q", "Outputs (Q)"), 0x83: ("M", "Flags (M)"), 0x84: ("DB", "Data blocks (DB)"),
+    0x85: ("DI", "Instance data blocks (DI)"), 0x86: ("L", "Local data (L)"),
+    0x87: ("V", "Unknown yet (V)"),
+}
+_NUMBERED_AREAS = frozenset({0x1C, 0x1D, 0x1E, 0x1F})   # address is an element number
+
+SYNTAX_S7ANY = 0x10
+SYNTAX_DBREAD = 0xB0
+SYNTAX_IDS = {
+    SYNTAX_S7ANY: "S7ANY", 0x13: "PBC-R_ID", 0x15: "ALARM_LOCKFREE", 0x16: "ALARM_IND",
+    0x19: "ALARM_ACK", 0x1A: "ALARM_QUERYREQ", 0x1C: "NOTIFY_IND", 0x82: "NCK",
+    0x83: "NCK_M", 0x84: "NCK_I", 0xA2: "DRIVEESANY", 0xB2: "1200SYM", SYNTAX_DBREAD: "DBREAD",
+}
+ITEM_VAR_SPEC = 0x12
+
+#: Item transport size -> (Wireshark name, bytes per element or None for bits).
+TRANSPORT_SIZES = {
+    1: ("BIT", None), 2: ("BYTE", 1), 3: ("CHAR", 1), 4: ("WORD", 2), 5: ("INT", 2),
+    6: ("DWORD", 4), 7: ("DINT", 4), 8: ("REAL", 4), 10: ("TOD", 4), 11: ("TIME", 4),
+    12: ("S5TIME", 2), 15: ("DATE_AND_TIME", 8), 28: ("COUNTER", 2), 29: ("TIMER", 2),
+    30: ("IEC TIMER", 4), 31: ("IEC COUNTER", 4), 32: ("HS COUNTER", 4),
+}
+#: Data-item transport sizes whose length field counts bits (BIT, BYTE/WORD/DWORD, INTEGER).
+_BIT_LENGTH_SIZES = frozenset({0x03, 0x04, 0x05})
+
+RC_SUCCESS = 0xFF
+RC_RESERVED = 0x00            # the return code of items in requests (Write Var)
+_RC_WITH_DATA = frozenset({RC_SUCCESS, RC_RESERVED})
+RETURN_CODES = {
+    0x00: "Reserved", 0x01: "Hardware error", 0x03: "Accessing the object not allowed",
+    0x05: "Invalid address", 0x06: "Data type not supported", 0x07: "Data type inconsistent",
+    0x0A: "Object does not exist", RC_SUCCESS: "Success",
+}
+
+#: Block type letters in block file names -> Wireshark block type name.
+BLOCK_TYPES = {"08": "OB", "0A": "DB", "0B": "SDB", "0C": "FC", "0D": "SFC", "0E": "FB", "0F": "SFB"}
+FILESYSTEMS = {"P": "Passive (copied, but not chained) module", "A": "Active embedded module",
+               "B": "Active as well as passive module"}
+
+UD_TYPES = {0: "Push", 4: "Request", 8: "Response", 3: "NC Push", 7: "NC Request", 11: "NC Response"}
+_UD_KIND = {0: "notification", 3: "notification", 4: "request", 7: "request",
+            8: "response", 11: "response"}
+UD_GROUP_MODE_TRANSITION = 0
+UD_GROUP_CPU = 4
+UD_GROUP_SECURITY = 5
+UD_GROUPS = {0: "Mode-transition", 1: "Programmer commands", 2: "Cyclic services",
+             3: "Block functions", 4: "CPU functions", 5: "Security", 6: "PBC BSEND/BRECV",
+             7: "Time functions", 15: "NC programming"}
+#: group -> subfunction -> (Wireshark name, operation class).
+UD_SUBFUNCTIONS = {
+    1: {1: ("Block status", "diagnostic"), 2: ("Variable status", "read"),
+        3: ("Output ISTACK", "diagnostic"), 4: ("Output BSTACK", "diagnostic"),
+        5: ("Output LSTACK", "diagnostic"), 6: ("Time measurement from to", "diagnostic"),
+        7: ("Force selection", "diagnostic"), 8: ("Modify variable", "write"),
+        9: ("Force", "write"), 10: ("Breakpoint", "control"), 11: ("Exit HOLD", "control"),
+        12: ("Memory reset", "control"), 13: ("Disable job", "diagnostic"),
+        14: ("Enable job", "diagnostic"), 15: ("Delete job", "diagnostic"),
+        16: ("Read job list", "diagnostic"), 17: ("Read job", "diagnostic"),
+        18: ("Replace job", "diagnostic"), 19: ("Block status v2", "diagnostic"),
+        22: ("Flash LED", "diagnostic")},
+    2: {1: ("Cyclic transfer", "read"), 4: ("Unsubscribe", "read"),
+        5: ("Change driven transfer", "read"), 7: ("Change driven transfer modify", "read"),
+        8: ("RDREC", "read")},
+    3: {1: ("List blocks", "diagnostic"), 2: ("List blocks of type", "diagnostic"),
+        3: ("Get block info", "diagnostic")},
+    4: {1: ("Read SZL", "diagnostic"), 2: ("Message service", "diagnostic"),
+        3: ("Diagnostic message", "diagnostic"), 5: ("ALARM_8 indication", "diagnostic"),
+        6: ("NOTIFY indication", "diagnostic"), 7: ("ALARM_8 lock", "diagnostic"),
+        8: ("ALARM_8 unlock", "diagnostic"), 9: ("SCAN indication", "diagnostic"),
+        11: ("ALARM ack", "diagnostic"), 12: ("ALARM ack indication", "diagnostic"),
+        13: ("ALARM lock indication", "diagnostic"), 14: ("ALARM unlock indication", "diagnostic"),
+        17: ("ALARM_SQ indication", "diagnostic"), 18: ("ALARM_S indication", "diagnostic"),
+        19: ("ALARM query", "diagnostic"), 22: ("NOTIFY_8 indication", "diagnostic")},
+    5: {1: ("PLC password", "session")},
+    7: {1: ("Read clock", "diagnostic"), 2: ("Set clock", "control"),
+        3: ("Read clock (following)", "diagnostic"), 4: ("Set clock", "control")},
+    15: {1: ("Request download", "program"), 2: ("Download block", "program"),
+         3: ("Continue download", "program"), 4: ("Download ended", "program"),
+         6: ("Start upload", "program"), 7: ("Upload", "program"),
+         8: ("Continue upload", "program")},
+}
+#: Mode-transition (group 0) subfunction -> CPU mode it announces (Wireshark ``modetrans``).
+MODE_NAMES = {0: "STOP", 1: "Warm Restart", 2: "RUN", 3: "Hot Restart", 4: "HOLD",
+              6: "Cold Restart", 9: "RUN_R (H-System redundant)", 11: "LINK-UP", 12: "UPDATE"}
+SUB_READ_SZL = 1
+SZL_MODULE_ID = 0x11          # partial list number of module identification
+SZL_COMPONENT_ID = 0x1C       # partial list number of component identification
+_IDENTIFY_SZL = frozenset({SZL_MODULE_ID, SZL_COMPONENT_ID})
+#: SZL 0x001C record index -> identity key.
+SZL_001C_KEYS = {1: "system_name", 2: "module_name", 3: "plant_id", 4: "copyright",
+                 5: "serial_number", 7: "module_type", 8: "memory_card_serial"}
+SZL_0011_RECORD_LEN = 28
+SZL_0011_ORDER_NUMBER = 1
+SZL_0011_FIRMWARE = 7
+
+MAX_TSDU_BYTES = 65536        # reassembled COTP TSDU, per direction
+MAX_TSDU_FRAGMENTS = 128      # DT TPDUs per TSDU
+MAX_DETAIL_ITEMS = 32         # items described in detail / turned into targets
+MAX_VALUE_BYTES = 16          # bytes of each written value kept (hex) in detail
+MAX_PENDING = 64              # outstanding jobs/userdata requests remembered per connection
+MAX_UPLOADS = 16              # upload ids mapped to their block per connection
+MAX_TEXT = 64                 # characters kept from PI arguments and similar strings
+
+
+@dataclass(slots=True)
+class _Tsdu:
+    """COTP DT fragments of one direction awaiting the end-of-TSDU fragment."""
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+@dataclass(slots=True)
+class S7State:
+    """Per-connection state; every table is capped by a named constant."""
+    tsdu: dict[bool, _Tsdu] = field(default_factory=dict)          # by from_client
+    pending: dict[tuple, tuple] = field(default_factory=dict)      # pair key -> request facts
+    uploads: dict[int, Target] = field(default_factory=dict)       # upload id -> block
+    plus: PlusState = field(default_factory=PlusState)
+
+
+def new_state() -> S7State:
+    return S7State()
+
+
+# --------------------------------------------------------------------------- framing
+
+def _s7_start_ok(buf: bytes, start: int, end: int, eot: bool) -> bool:
+    """Plausible S7comm header (ROSCTR, reserved bytes, lengths) or S7comm-plus start.
+
+    ``end`` is where the TPDU ends as declared, possibly beyond the bytes at hand.
+    """
+    if len(buf) - start < 1:
+        return False
+    if buf[start] == PLUS_ID:
+        return plausible_start(buf, start, end)
+    if buf[start] != S7_ID or len(buf) - start < 10:
+        return False
+    rosctr = buf[start + 1]
+    if rosctr not in _HEADER_LEN or buf[start + 2] or buf[start + 3]:
+        return False
+    plen, dlen = struct.unpack_from(">HH", buf, start + 6)
+    total = _HEADER_LEN[rosctr] + plen + dlen
+    return total == end - start if eot else total > end - start
+
+
+def probe(buf: bytes, pos: int) -> bool:
+    """TPKT v3 + COTP CR/CC with S7 TSAPs, or DT starting an S7comm/S7comm-plus PDU."""
+    return cotp.probe_cotp(buf, pos, _s7_start_ok)
+
+
+def frame(buf: bytes, pos: int) -> int:
+    """One TPKT: its declared length (>= 7), NEED_MORE, or UNFRAMEABLE."""
+    length = cotp.tpkt_length(buf, pos)
+    if length < 0:
+        return UNFRAMEABLE
+    if length == 0 or len(buf) - pos < length:
+        return NEED_MORE
+    return length
+
+
+# --------------------------------------------------------------------------- COTP
+
+def decode(msg: bytes, from_client: bool, state: S7State) -> list[Event]:
+    """Decode one TPKT; S7 events come out when a COTP TSDU is complete."""
+    try:
+        return _decode_tpkt(msg, from_client, state)
+    except (IndexError, ValueError, struct.error):
+        return [_cotp_event("Malformed TPDU", "notification", ["cotp.truncated_tpdu"])]
+
+
+def _cotp_event(function: str, kind: str, anomalies: list[str] | None = None,
+                code: int | None = None) -> Event:
+    return Event(protocol="cotp", kind=kind, function=function, op_class="session",
+                 function_code=code, anomalies=anomalies or [])
+
+
+def _decode_tpkt(msg: bytes, from_client: bool, state: S7State) -> list[Event]:
+    if len(msg) < cotp.TPKT_MIN_LEN or cotp.tpkt_length(msg, 0) != len(msg):
+        return [_cotp_event("Malformed TPDU", "notification", ["cotp.invalid_tpkt_length"])]
+    li = msg[4]
+    if li < 2 or 5 + li > len(msg):
+        return [_cotp_event("Malformed TPDU", "notification", ["cotp.invalid_length_indicator"])]
+    code = cotp.tpdu_code(msg[5])
+    if code == cotp.COTP_DT:
+        return _decode_dt(msg, li, from_client, state)
+    if code in (cotp.COTP_CR, cotp.COTP_CC):
+        return [_decode_connect(msg, li, code)]
+    if code in (cotp.COTP_DR, cotp.COTP_DC):
+        ev = _cotp_event("Disconnect Request" if code == cotp.COTP_DR else "Disconnect Confirm",
+                         "notification", code=code >> 4)
+        if code == cotp.COTP_DR and li >= 6:
+            ev.detail["reason"] = msg[11]
+        return [ev]
+    name = cotp.COTP_TYPE_NAMES.get(code)
+    if code == cotp.COTP_ER:
+        ev = _cotp_event(name, "notification", ["cotp.tpdu_error"], code >> 4)
+        ev.result = "error"
+        return [ev]
+    if name is not None:
+        return [_cotp_event(name, "notification", ["cotp.unexpected_tpdu"], code >> 4)]
+    return [_cotp_event(f"Unknown TPDU 0x{msg[5]:02x}", "notification", ["cotp.unknown_tpdu"])]
+
+
+def _decode_connect(msg: bytes, li: int, code: int) -> Event:
+    """CR/CC: TSAPs, TPDU size; rack/slot from the called (destination) TSAP of a CR."""
+    is_cr = code == cotp.COTP_CR
+    ev = _cotp_event("Connection Request" if is_cr else "Connection Confirm",
+                     "request" if is_cr else "response", code=code >> 4)
+    ev.pair_key = ("cotp", "connect")
+    if li < 6:
+        ev.anomalies.append("cotp.invalid_length_indicator")
+        return ev
+    params = cotp.parse_params(msg, 11, 5 + li)
+    detail = ev.detail
+    detail["dst_ref"] = int.from_bytes(msg[6:8], "big")
+    detail["src_ref"] = int.from_bytes(msg[8:10], "big")
+    detail["class"] = msg[10] >> 4
+    if cotp.PARAM_TPDU_SIZE in params and params[cotp.PARAM_TPDU_SIZE]:
+        detail["tpdu_size"] = 1 << min(params[cotp.PARAM_TPDU_SIZE][0], 16)
+    for pcode, key in ((cotp.PARAM_SRC_TSAP, "src_tsap"), (cotp.PARAM_DST_TSAP, "dst_tsap")):
+        if pcode in params:
+            detail[key] = cotp.tsap_detail(params[pcode])
+    dst = detail.get("dst_tsap", {})
+    if is_cr and "rack" in dst:
+        detail["rack"], detail["slot"] = dst["rack"], dst["slot"]
+    if not cotp.S7_TSAP_PARAMS & params.keys():
+        ev.anomalies.append("cotp.missing_tsap")
+    return ev
+
+
+def _decode_dt(msg: bytes, li: int, from_client: bool, state: S7State) -> list[Event]:
+    payload = msg[5 + li:]
+    eot = bool(msg[6] & cotp.DT_EOT)
+    pending = state.tsdu.get(from_client)
+    if not eot:
+        if pending is None:
+            pending = state.tsdu[from_client] = _Tsdu()
+        pending.parts.append(payload)
+        pending.size += len(payload)
+        if pending.size > MAX_TSDU_BYTES or len(pending.parts) > MAX_TSDU_FRAGMENTS:
+            del state.tsdu[from_client]
+            return [_cotp_event("Data", "notification", ["cotp.reassembly_overflow"])]
+        return []
+    if pending is not None:
+        del state.tsdu[from_client]
+        payload = b"".join(pending.parts) + payload
+    if not payload:
+        return []
+    if payload[0] == S7_ID:
+        return [_decode_s7(payload, from_client, state)]
+    if payload[0] == PLUS_ID:
+        return decode_plus(payload, from_client, state.plus)
+    ev = _cotp_event("Data", "notification", ["cotp.unknown_payload"])
+    ev.op_class = "other"
+    ev.detail["first_byte"] = payload[0]
+    return [ev]
+
+
+# --------------------------------------------------------------------------- S7comm
+
+def _decode_s7(p: bytes, from_client: bool, state: S7State) -> Event:
+    ev = Event(protocol="s7comm", kind="notification", function="Truncated PDU", op_class="other")
+    if len(p) < 10:
+        ev.anomalies.append("s7comm.truncated_pdu")
+        return ev
+    rosctr = p[1]
+    pdu_ref = int.from_bytes(p[4:6], "big")
+    plen = int.from_bytes(p[6:8], "big")
+    dlen = int.from_bytes(p[8:10], "big")
+    ev.detail.update({"rosctr": rosctr, "rosctr_name": ROSCTR_NAMES.get(rosctr, "unknown"),
+                      "pdu_ref": pdu_ref, "param_length": plen, "data_length": dlen})
+    hlen = _HEADER_LEN.get(rosctr)
+    if hlen is None:
+        ev.function = f"Unknown ROSCTR 0x{rosctr:02x}"
+        ev.anomalies.append("s7comm.unknown_rosctr")
+        return ev
+    if hlen + plen + dlen != len(p):
+        ev.anomalies.append("s7comm.length_mismatch")
+    param = p[hlen:hlen + plen]
+    data = p[hlen + plen:hlen + plen + dlen]
+    try:
+        if rosctr == ROSCTR_JOB:
+            _decode_job(ev, param, data, (from_client, pdu_ref), state)
+        elif rosctr == ROSCTR_USERDATA:
+            _decode_userdata(ev, param, data, from_client, pdu_ref, state)
+        else:
+            _decode_ack(ev, p, param, data, (not from_client, pdu_ref), state)
+    except (IndexError, ValueError, struct.error):
+        ev.anomalies.append("s7comm.truncated_pdu")
+    return ev
+
+
+def _remember(table: dict, key, value, cap: int) -> None:
+    if key not in table and len(table) >= cap:
+        table.pop(next(iter(table)))
+    table[key] = value
+
+
+def _decode_job(ev: Event, param: bytes, data: bytes, key: tuple, state: S7State) -> None:
+    ev.kind = "request"
+    ev.pair_key = ("s7comm",) + key
+    func = param[0]
+    ev.function_code = func
+    ev.function, ev.op_class = JOB_FUNCTIONS.get(func, (f"Unknown function 0x{func:02x}", "other"))
+    if func not in JOB_FUNCTIONS:
+        ev.anomalies.append("s7comm.unknown_function")
+    try:
+        _job_parameters(ev, func, param, data, state)
+    finally:
+        _remember(state.pending, ev.pair_key, (func, ev.function, ev.op_class, ev.targets),
+                  MAX_PENDING)
+
+
+def _job_parameters(ev: Event, func: int, param: bytes, data: bytes, state: S7State) -> None:
+    if func == F_SETUP_COMM:
+        ev.detail.update(_setup_detail(param))
+    elif func in (F_READ_VAR, F_WRITE_VAR):
+        count = param[1]
+        ev.detail["item_count"] = count
+        items = _param_items(param, count, ev)
+        ev.detail["items"] = items
+        if func == F_WRITE_VAR:
+            values = _data_items(data, count)
+            ev.detail["values"] = [{"transport_size": ts, "length": ln, "value": val}
+                                   for _, ts, ln, val in values[:MAX_DETAIL_ITEMS]]
+    elif func in _FILENAME_FUNCTIONS:
+        name = param[9:9 + param[8]].decode("latin-1")
+        ev.targets.append(_block_target(name, ev))
+    elif func in (F_UPLOAD, F_END_UPLOAD):
+        upload_id = int.from_bytes(param[4:8], "big")
+        ev.detail["upload_id"] = upload_id
+        if upload_id in state.uploads:
+            ev.targets.append(state.uploads[upload_id])
+    elif func == F_PI_SERVICE:
+        _decode_pi(ev, param)
+    elif func == F_PLC_STOP:
+        service = param[7:7 + param[6]].decode("latin-1")
+        ev.targets.append(Target(kind="pi_service", name=service))
+        ev.detail["pi_service"] = service
+
+
+def _setup_detail(param: bytes) -> dict:
+    amq_calling, amq_called, pdu_length = struct.unpack_from(">HHH", param, 2)
+    return {"max_amq_calling": amq_calling, "max_amq_called": amq_called,
+            "pdu_length": pdu_length}
+
+
+def _param_items(param: bytes, count: int, ev: Event) -> list[dict]:
+    """Request items -> detail dicts; S7ANY and DBREAD addresses also become targets."""
+    items: list[dict] = []
+    pos = 2
+    for _ in range(count):
+        spec, ilen = param[pos], param[pos + 1]
+        end = pos + 2 + ilen
+        if ilen < 1 or end > len(param):
+            raise IndexError("item runs past the parameter part")
+        syntax = param[pos + 2]
+        item: dict = {"syntax_id": SYNTAX_IDS.get(syntax, f"0x{syntax:02x}")}
+        if spec != ITEM_VAR_SPEC:
+            ev.anomalies.append("s7comm.unknown_item_spec")
+        if syntax == SYNTAX_S7ANY and ilen >= 10:
+            _s7any_item(param, pos + 3, item, ev)
+        elif syntax == SYNTAX_DBREAD and ilen >= 2:
+            _dbread_item(param, pos + 3, end, item, ev)
+        if len(items) < MAX_DETAIL_ITEMS:
+            items.append(item)
+        pos = end
+    return items
+
+
+def _s7any_item(param: bytes, at: int, item: dict, ev: Event) -> None:
+    tsize, length, db, area = struct.unpack_from(">BHHB", param, at)
+    address = int.from_bytes(param[at + 6:at + 9], "big")
+    short, area_name = AREAS.get(area, (f"0x{area:02x}", "unknown"))
+    size_name, unit = TRANSPORT_SIZES.get(tsize, (f"0x{tsize:02x}", None))
+    if area in _NUMBERED_AREAS:
+        start, bit = address, None
+        count = length
+    else:
+        start, bit = address >> 3, address & 7
+        count = length * unit if unit else (bit + length + 7) // 8
+    item.update({"area": short, "area_name": area_name, "transport_size": size_name,
+                 "length": length, "address": start})
+    if bit is not None:
+        item["bit"] = bit
+    db_number = None
+    if area in (0x84, 0x85):
+        item["db"] = db_number = db
+    if len(ev.targets) < MAX_DETAIL_ITEMS:
+        ev.targets.append(Target(kind="area", area=short, db=db_number, start=start, count=count))
+
+
+def _dbread_item(param: bytes, at: int, end: int, item: dict, ev: Event) -> None:
+    """DBREAD (S7-400 optimised): n areas of (length, DB, start byte)."""
+    areas = param[at]
+    item["areas"] = areas
+    pos = at + 1
+    for _ in range(areas):
+        if pos + 5 > end:
+            raise IndexError("DBREAD area cut")
+        length, db, start = struct.unpack_from(">BHH", param, pos)
+        if len(ev.targets) < MAX_DETAIL_ITEMS:
+            ev.targets.append(Target(kind="area", area="DB", db=db, start=start, count=length))
+        pos += 5
+
+
+def _data_items(data: bytes, count: int) -> list[tuple]:
+    """Data items -> (return code, transport size, length in bytes, value hex prefix).
+
+    Items are padded to an even length except the last one.
+    """
+    out = []
+    pos = 0
+    for i in range(count):
+        rc, tsize, length = struct.unpack_from(">BBH", data, pos)
+        nbytes = (length + 7) // 8 if tsize in _BIT_LENGTH_SIZES else length
+        if rc not in _RC_WITH_DATA:
+            nbytes = 0                      # a failed item carries no value, whatever its length
+        if pos + 4 + nbytes > len(data):
+            raise IndexError("data item cut")
+        out.append((rc, tsize, nbytes, data[pos + 4:pos + 4 + min(nbytes, MAX_VALUE_BYTES)].hex()))
+        pos += 4 + nbytes + (nbytes & 1 if i < count - 1 else 0)
+    return out
+
+
+def _block_target(filename: str, ev: Event) -> Target:
+    """``_0A00001P`` -> Target(kind="block", name="DB1") and the parts in detail."""
+    ev.detail["filename"] = filename[:MAX_TEXT]
+    btype = BLOCK_TYPES.get(filename[1:3].upper())
+    number = filename[3:8]
+    if len(filename) < 8 or btype is None or not number.isdigit():
+        ev.anomalies.append("s7comm.invalid_block_filename")
+        return Target(kind="block", name=filename[:MAX_TEXT])
+    ev.detail["block_type"] = btype
+    ev.detail["block_number"] = int(number)
+    if len(filename) > 8:
+        ev.detail["filesystem"] = FILESYSTEMS.get(filename[8], filename[8])
+    return Target(kind="block", name=f"{btype}{int(number)}")
+
+
+def _decode_pi(ev: Event, param: bytes) -> None:
+    """PI-Service: service name, its argument block, and blocks for _INSE/_DELE."""
+    blen = int.from_bytes(param[8:10], "big")
+    block = param[10:10 + blen]
+    at = 10 + blen
+    service = param[at + 1:at + 1 + param[at]].decode("latin-1")
+    ev.detail["pi_service"] = service
+    ev.op_class = PI_SERVICE_OPS.get(service, "program" if service.startswith("_N_F_") else "control")
+    ev.targets.append(Target(kind="pi_service", name=service))
+    if service in ("_INSE", "_DELE") and len(block) >= 2:
+        for i in range(min(block[0], MAX_DETAIL_ITEMS)):
+            name = block[2 + 8 * i:10 + 8 * i].decode("latin-1")
+            ev.targets.append(_block_target("_" + name, ev))
+    elif block:
+        ev.detail["arguments"] = block[:MAX_TEXT].decode("latin-1")
+
+
+def _decode_ack(ev: Event, p: bytes, param: bytes, data: bytes, key: tuple,
+                state: S7State) -> None:
+    ev.kind = "response"
+    ev.pair_key = ("s7comm",) + key
+    request = state.pending.pop(ev.pair_key, None)
+    err_class, err_code = p[10], p[11]
+    func = param[0] if param else (request[0] if request else None)
+    ev.function_code = func
+    if func is None:
+        ev.function, ev.op_class = "Ack", "other"
+    else:
+        ev.function, ev.op_class = JOB_FUNCTIONS.get(func, (f"Unknown function 0x{func:02x}", "other"))
+    if request is not None and request[0] == func:
+        ev.op_class = request[2]
+        ev.targets = list(request[3])
+    ev.result = "ok"
+    if err_class or err_code:
+        ev.result = "error"
+        ev.status = _error_status(err_class, err_code)
+        ev.detail.update({"error_class": err_class, "error_code": err_code})
+        return
+    if not param:
+        return
+    if func in (F_READ_VAR, F_WRITE_VAR):
+        count = param[1]
+        if func == F_READ_VAR:
+            codes = [rc for rc, _, _, _ in _data_items(data, count)]
+        else:
+            codes = list(data[:count])
+        _item_results(ev, codes)
+    elif func == F_SETUP_COMM:
+        ev.detail.update(_setup_detail(param))
+    elif func == F_START_UPLOAD and len(param) >= 8:
+        upload_id = int.from_bytes(param[4:8], "big")
+        ev.detail["upload_id"] = upload_id
+        if ev.targets:
+            _remember(state.uploads, upload_id, ev.targets[0], MAX_UPLOADS)
+
+
+def _error_status(err_class: int, err_code: int) -> str:
+    combined = err_class << 8 | err_code
+    class_name = ERROR_CLASS_NAMES.get(err_class, "Unknown error class")
+    code_name = ERROR_CODE_NAMES.get(combined, "Unknown error code")
+    return f"{class_name} (0x{err_class:02x}): {code_name} (0x{combined:04x})"
+
+
+def _item_results(ev: Event, codes: list[int]) -> None:
+    names = [RETURN_CODES.get(rc, f"Unknown (0x{rc:02x})") for rc in codes]
+    ev.detail["item_return_codes"] = names[:MAX_DETAIL_ITEMS]
+    failed = [f"{RETURN_CODES.get(rc, 'Unknown')} (0x{rc:02x})" for rc in codes if rc != RC_SUCCESS]
+    if failed:
+        ev.result = "error"
+        ev.status = failed[0] if len(failed) == 1 else f"{failed[0]} and {len(failed) - 1} more"
+
+
+# --------------------------------------------------------------------------- userdata
+
+def _decode_userdata(ev: Event, param: bytes, data: bytes, from_client: bool, pdu_ref: int,
+                     state: S7State) -> None:
+    plen = param[3]
+    ud_type, group, sub, seq = param[5] >> 4, param[5] & 0x0F, param[6], param[7]
+    ev.kind = _UD_KIND.get(ud_type, "notification")
+    ev.detail.update({"type": UD_TYPES.get(ud_type, f"0x{ud_type:x}"), "funcgroup": group,
+                      "group_name": UD_GROUPS.get(group, f"0x{group:x}"), "sequence": seq})
+    ev.function_code = group << 8 | sub
+    if group == UD_GROUP_MODE_TRANSITION:
+        ev.function, ev.op_class = UD_GROUPS[group], "diagnostic"
+        ev.detail["mode"] = MODE_NAMES.get(sub, sub)
+    else:
+        ev.detail["subfunc"] = sub
+        ev.function, ev.op_class = UD_SUBFUNCTIONS.get(group, {}).get(
+            sub, (f"{UD_GROUPS.get(group, f'Group 0x{group:x}')} subfunction {sub}", "other"))
+    if ev.kind == "notification":
+        return
+    requester_is_client = from_client if ev.kind == "request" else not from_client
+    ev.pair_key = ("s7comm-ud", requester_is_client, pdu_ref, group, sub)
+    rc = data[0] if data else None
+    payload = data[4:4 + int.from_bytes(data[2:4], "big")] if len(data) >= 4 else b""
+    if ev.kind == "request":
+        _ud_request(ev, group, sub, payload, state)
+    else:
+        request = state.pending.pop(ev.pair_key, None)
+        error = int.from_bytes(param[10:12], "big") if plen >= 8 else 0
+        ev.result = "ok"
+        if error:
+            ev.result = "error"
+            ev.status = _error_status(error >> 8, error & 0xFF)
+        elif rc is not None and rc != RC_SUCCESS:
+            ev.result = "error"
+            ev.status = f"{RETURN_CODES.get(rc, 'Unknown')} (0x{rc:02x})"
+        if request is not None:
+            ev.op_class, ev.targets = request[2], list(request[3])
+        if group == UD_GROUP_CPU and sub == SUB_READ_SZL and ev.result == "ok" \
+                and (request is None or request[4]):
+            _szl_response(ev, payload)
+        if group == UD_GROUP_SECURITY:
+            ev.detail["password_accepted"] = ev.result == "ok"
+
+
+def _ud_request(ev: Event, group: int, sub: int, payload: bytes, state: S7State) -> None:
+    first_szl = False
+    if group == UD_GROUP_CPU and sub == SUB_READ_SZL and len(payload) >= 4:
+        szl_id, index = struct.unpack_from(">HH", payload, 0)
+        ev.targets.append(Target(kind="szl", name=f"0x{szl_id:04x}", start=index))
+        ev.detail["szl_id"] = szl_id
+        if szl_id & 0xFF in _IDENTIFY_SZL:
+            ev.op_class = "identify"
+        first_szl = True
+    elif group == UD_GROUP_SECURITY:
+        ev.detail["password_attempt"] = True      # the (weakly obfuscated) password is never kept
+    _remember(state.pending, ev.pair_key,
+              (ev.function_code, ev.function, ev.op_class, ev.targets, first_szl), MAX_PENDING)
+
+
+def _szl_response(ev: Event, payload: bytes) -> None:
+    """First SZL answer unit: id, index, record length and count, then identity records."""
+    if len(payload) < 8:
+        return
+    szl_id, index, rec_len, count = struct.unpack_from(">HHHH", payload, 0)
+    ev.detail.update({"szl_id": szl_id, "szl_index": index, "record_count": count})
+    if not ev.targets:
+        ev.targets.append(Target(kind="szl", name=f"0x{szl_id:04x}", start=index))
+    identity: dict[str, str] = {}
+    records = [payload[8 + i * rec_len:8 + (i + 1) * rec_len]
+               for i in range(min(count, MAX_DETAIL_ITEMS)) if rec_len]
+    part = szl_id & 0xFF
+    for rec in records:
+        if len(rec) < rec_len or rec_len < 2:
+            break
+        rindex = int.from_bytes(rec[0:2], "big")
+        if part == SZL_MODULE_ID and rec_len == SZL_0011_RECORD_LEN:
+            if rindex == SZL_0011_ORDER_NUMBER:
+                identity["order_number"] = _text(rec[2:22])
+            elif rindex == SZL_0011_FIRMWARE and rec[24] == ord("V"):
+                identity["firmware"] = f"V{rec[25]}.{rec[26]}.{rec[27]}"
+        elif part == SZL_COMPONENT_ID and rindex in SZL_001C_KEYS:
+            identity[SZL_001C_KEYS[rindex]] = _text(rec[2:])
+    identity = {k: v for k, v in identity.items() if v}
+    if identity:
+        ev.op_class = "identify"
+        ev.identity = {"vendor": "Siemens", **identity}
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\x00", 1)[0].decode("latin-1").strip()[:MAX_TEXT]
+
+
+DECODER = Decoder(name="s7comm", ports=(S7_PORT,), probe=probe, frame=frame,
+                  new_state=new_state, decode=decode)

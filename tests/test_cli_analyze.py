@@ -1,0 +1,98 @@
+"""`otsec analyze` as a user runs it: outputs, storage, exit codes and error lines."""
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOWCASE = ROOT / "pcaps" / "protocols_showcase.pcap"
+
+
+def otsec(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "otsec.cli.main", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+def test_table_summary_names_hosts_roles_and_functions():
+    r = otsec("analyze", SHOWCASE)
+    assert r.returncode == 0, r.stderr
+    for text in ("Hosts", "10.50.0.20", "plc", "TELEMECANIQUE", "Schneider Electric",
+                 "Write Multiple Registers", "PLC Stop", "Decode health"):
+        assert text in r.stdout
+    assert r.stderr == ""
+
+
+def test_json_summary_and_json_lines_agree(tmp_path):
+    lines = tmp_path / "events.jsonl"
+    r = otsec("analyze", SHOWCASE, "--json", lines, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    events = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert summary["events"] == len(events) > 0
+    per_function = {(f["function"]): f["count"] for f in summary["functions"]["modbus"]}
+    counted = sum(1 for e in events if e["protocol"] == "modbus" and e["function"] == "Write Multiple Registers")
+    assert per_function["Write Multiple Registers"] == counted == 2
+    write = next(e for e in events if e["function"] == "Write Multiple Registers" and e["kind"] == "request")
+    assert write["op_class"] == "write" and write["targets"][0]["kind"] == "holding_register"
+    assert write["src"]["ip"] == "10.40.0.10" and write["dst"]["port"] == 502
+    assert write["flow_id"].startswith("1:")
+    roles = {h["ip"]: h["role"] for h in summary["hosts"]}
+    assert roles["10.50.0.20"] == "plc" and roles["10.40.0.10"] == "hmi"
+
+
+def test_db_rerun_replaces_rows_instead_of_duplicating(tmp_path):
+    db = tmp_path / "otsec.db"
+    assert otsec("analyze", SHOWCASE, "--db", db).returncode == 0
+    conn = sqlite3.connect(db)
+    first = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    flows = conn.execute("SELECT count(*) FROM flows").fetchone()[0]
+    assert first > 0 and flows > 0
+    assert otsec("analyze", SHOWCASE, "--db", db).returncode == 0
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == first
+    assert conn.execute("SELECT count(*) FROM flows").fetchone()[0] == flows
+    assert conn.execute("SELECT count(*), min(analyzed_at) IS NOT NULL FROM captures").fetchone() == (1, 1)
+
+
+def test_truncated_capture_reports_partial_results_and_where_it_broke(tmp_path):
+    broken = tmp_path / "broken.pcap"
+    data = SHOWCASE.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    r = otsec("analyze", broken, "--format", "json")
+    assert r.returncode == 1
+    summary = json.loads(r.stdout)
+    assert 0 < summary["packets"] < 122 and summary["events"] > 0
+    (line,) = r.stderr.strip().splitlines()
+    assert "broken.pcap" in line and "byte" in line and "packet" in line
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["analyze", "nope.pcap"], "nope.pcap: no such file"),
+    (["analyze", "pyproject.toml"], "pyproject.toml: not a pcap or pcapng file"),
+    (["analyze", "pcaps"], "pcaps: is a directory"),
+    (["analyze", "pcaps/protocols_showcase.pcap", "--port", "dnp3=20000"], "--port 'dnp3=20000'"),
+    (["analyze", "pcaps/protocols_showcase.pcap", "--port", "modbus=70000"], "between 1 and 65535"),
+    (["analyze", "pcaps/protocols_showcase.pcap", "--format", "xml"], "--format 'xml'"),
+])
+def test_bad_input_gives_one_clear_line_and_exit_2(args, message):
+    r = otsec(*args, cwd=ROOT)
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_port_option_finds_modbus_on_a_custom_port(tmp_path):
+    from scapy.all import IP, TCP, Ether, wrpcap
+
+    adu = bytes.fromhex("000100000006010300000002")
+    pkts = [Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=5020, flags="PA", seq=1) / adu]
+    # one unusual-port ADU with a malformed length would not be taken for Modbus without --port
+    path = tmp_path / "custom.pcap"
+    wrpcap(str(path), pkts)
+    r = otsec("analyze", path, "--format", "json", "--port", "modbus=5020")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["functions"]["modbus"][0]["function"] == "Read Holding Registers"
