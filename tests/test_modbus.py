@@ -413,7 +413,16 @@ def test_oversized_umas_adu_is_framed_and_flagged():
 
 def test_header_shorter_than_a_function_code():
     ev = one(b"\x00\x01\x00\x00\x00", True)
-    assert ev.anomalies == [mb.A_TRUNCATED] and ev.function == "Malformed ADU"
+    assert ev.anomalies == [mb.A_TRUNCATED, mb.A_INVALID_LENGTH] and ev.function == "Malformed ADU"
+
+
+@pytest.mark.parametrize("header, size", [("000100000001" "01", 7)])
+def test_adu_too_short_for_a_function_code_is_framed_and_flagged(header, size):
+    """Length 1 (unit id, no function code) still frames: the stream stays in step and the ADU is reported."""
+    msg = bytes.fromhex(header)
+    assert mb.frame(msg + bytes(20), 0) == size
+    assert not mb.probe(msg + bytes(20), 0)
+    assert one(msg[:size], True).anomalies == [mb.A_TRUNCATED, mb.A_INVALID_LENGTH]
 
 
 def test_values_are_bounded():
@@ -440,9 +449,8 @@ def test_frame_whole_message_and_every_prefix(msg):
 
 @pytest.mark.parametrize("header", [
     "0001" "0001" "0006",   # protocol id 1
-    "0001" "0000" "0001",   # length 1: no function code
-    "0001" "0000" "0000",
     "0001" "0000" "0105",   # length 261 > tolerated 260
+    "0001" "0000" "0000",   # length 0: not even a unit id
     "1603" "0100" "a501",   # TLS record header
 ])
 def test_unframeable_headers(header):
@@ -506,14 +514,14 @@ def test_fuzz_decode_mutated_real_messages(msg, where, patch, from_client):
     mutated = msg[:pos] + patch + msg[pos + len(patch):]
     _assert_sane(mb.decode(mutated, from_client, mb.new_state()))
     n = mb.frame(mutated, 0)
-    assert n in (NEED_MORE, UNFRAMEABLE) or 8 <= n <= 6 + mb.LENGTH_TOLERATED_MAX
+    assert n in (NEED_MORE, UNFRAMEABLE) or 7 <= n <= 6 + mb.LENGTH_TOLERATED_MAX
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300), st.integers(0, 310))
 def test_fuzz_frame(data, pos):
     n = mb.frame(data, pos)
-    assert n in (NEED_MORE, UNFRAMEABLE) or (8 <= n <= len(data) - pos)
+    assert n in (NEED_MORE, UNFRAMEABLE) or (7 <= n <= len(data) - pos)
     assert mb.probe(data, pos) in (True, False)
 
 

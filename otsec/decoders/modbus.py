@@ -32,6 +32,8 @@ from otsec.model import Event, Target
 # --- framing limits --------------------------------------------------------------
 MBAP_LEN = 7                    # header including the unit id
 LENGTH_MIN = 2                  # unit id + function code
+LENGTH_FRAMED_MIN = 1           # unit id only: still framed (and flagged) to stay in step;
+                                # 0 cannot be an ADU and is left to resynchronisation
 LENGTH_SPEC_MAX = 254           # unit id + 253-byte PDU (Modbus Application Protocol v1.1b3)
 #: Largest length field still framed. Vendor stacks overrun the spec (Schneider UMAS
 #: sends length 255); beyond the 260-byte ADU size the bytes are taken as not Modbus.
@@ -181,7 +183,7 @@ def frame(buf: bytes, pos: int) -> int:
     if avail < 6:
         return NEED_MORE
     length = (buf[pos + 4] << 8) | buf[pos + 5]
-    if not LENGTH_MIN <= length <= LENGTH_TOLERATED_MAX:
+    if not LENGTH_FRAMED_MIN <= length <= LENGTH_TOLERATED_MAX:
         return UNFRAMEABLE
     return 6 + length if avail >= 6 + length else NEED_MORE
 
@@ -609,7 +611,7 @@ def decode(msg: bytes, from_client: bool, state: dict | None) -> list[Event]:
         return [Event(protocol="modbus", kind="request" if from_client else "response",
                       function="Malformed ADU", op_class="other",
                       result=None if from_client else "error",
-                      anomalies=[A_TRUNCATED], detail={"data": _hex(msg)})]
+                      anomalies=[A_TRUNCATED, A_INVALID_LENGTH], detail={"data": _hex(msg)})]
     tid, proto, length, unit, raw_fc = _HEADER.unpack_from(msg)
     fc = raw_fc & 0x7F
     category = _category(fc)
