@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # System packages the test suite needs: tshark (differential tests against Wireshark's
-# dissectors), tcpreplay (sensor replay tests), libpcap (live capture), iproute2 (veth pairs).
+# dissectors), tcpreplay (sensor replay tests), libpcap and its headers (live capture binding),
+# iproute2 (veth pairs in a network namespace).
 # Installs only what is missing; needs root (apt-get), as on CI and the dev machines.
 set -euo pipefail
 need=()
 command -v tshark >/dev/null || need+=(tshark)
 command -v tcpreplay >/dev/null || need+=(tcpreplay)
 command -v ip >/dev/null || need+=(iproute2)
-ldconfig -p 2>/dev/null | grep -q 'libpcap\.so' || need+=(libpcap0.8)
+[ -e /usr/include/pcap/pcap.h ] || need+=(libpcap0.8-dev)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -58,6 +58,8 @@ class Host:
         if sent["program"] or (sent["control"] and not sent["write"]):
             return "engineering_workstation", (
                 f"sent {sent['program']} program and {sent['control']} control operations")
+        if ot_used and not (sent["read"] or sent["write"]) and (sent["identify"] or sent["diagnostic"]):
+            return "engineering_workstation", "queries controller identity and diagnostics only"
         if ot_used and sent["write"]:
             return "hmi", f"reads and writes process values over {', '.join(ot_used)}"
         if self.used.get("opcua") or (ot_used and len(self.peers_as_client) >= 3):

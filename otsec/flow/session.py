@@ -34,8 +34,16 @@ class Health:
                  "truncated_at_eof", "decoder_errors")
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+        self.messages = 0             # messages decoded
+        self.anomalous = 0            # messages carrying at least one anomaly flag
+        self.gaps = 0                 # holes in a TCP stream (bytes never captured)
+        self.resyncs = 0              # times the framing was re-found by probing
+        self.unframeable_bytes = 0    # bytes skipped while resynchronising
+        self.buffer_overflows = 0     # unfinished messages dropped for exceeding the cap
+        self.unpaired_responses = 0   # responses whose request was never seen
+        self.unanswered_requests = 0  # requests whose response was never seen
+        self.truncated_at_eof = 0     # connections ending inside a message
+        self.decoder_errors = 0       # decoder bugs caught (a decoder must never raise)
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -62,7 +70,10 @@ class Session:
             self.health.gaps += 1
             self.bufs[i] = b""
             self.syncing[i] = True
-        buf = self.bufs[i] + data if self.bufs[i] else data
+        held = self.bufs[i]
+        if not held and not self.syncing[i] and self.decoder.frame(data, 0) == len(data):
+            return self._decode(data, from_client)  # the common case: one whole message
+        buf = held + data if held else data
         events: list[Event] = []
         pos = 0
         end = len(buf)

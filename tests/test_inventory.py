@@ -1,0 +1,64 @@
+"""Host inventory: roles inferred from behaviour, identity, OUI vendor, function tables."""
+
+from otsec.analysis.inventory import Summary, mac_vendor
+from otsec.model import Event
+
+
+def ev(src, dst, kind, op, protocol="modbus", function="Read Holding Registers", **kw):
+    return Event(protocol=protocol, kind=kind, function=function, op_class=op,
+                 src_ip=src, dst_ip=dst, **kw)
+
+
+def roles(events):
+    s = Summary()
+    for e in events:
+        s.add_event(e)
+    return {h["ip"]: h["role"] for h in s.report({}, [])["hosts"]}
+
+
+def exchange(client, server, op, protocol="modbus", n=1):
+    out = []
+    for _ in range(n):
+        out += [ev(client, server, "request", op, protocol), ev(server, client, "response", op, protocol)]
+    return out
+
+
+def test_roles_follow_behaviour():
+    events = (exchange("10.0.0.10", "10.0.0.20", "read", n=3) + exchange("10.0.0.10", "10.0.0.20", "write")
+              + exchange("10.0.0.30", "10.0.0.40", "program", "s7comm")
+              + exchange("10.0.0.50", "10.0.0.60", "read", "opcua")
+              + exchange("10.0.0.70", "10.0.0.40", "identify", "s7comm"))
+    assert roles(events) == {
+        "10.0.0.10": "hmi", "10.0.0.20": "plc", "10.0.0.30": "engineering_workstation",
+        "10.0.0.40": "plc", "10.0.0.50": "historian", "10.0.0.60": "server",
+        "10.0.0.70": "engineering_workstation"}
+
+
+def test_station_answering_a_plc_download_job_is_not_a_plc():
+    # During an S7 download the PLC sends "Download block" jobs to the engineering station.
+    events = (exchange("10.0.0.30", "10.0.0.40", "program", "s7comm", n=3)
+              + exchange("10.0.0.40", "10.0.0.30", "program", "s7comm", n=2))
+    assert roles(events) == {"10.0.0.30": "engineering_workstation", "10.0.0.40": "plc"}
+
+
+def test_identity_and_vendor_are_reported_for_the_sender():
+    s = Summary()
+    s.add_event(ev("10.0.0.20", "10.0.0.10", "response", "identify", function="Read Device Identification",
+                   identity={"vendor": "Schneider Electric", "product_code": "BMX P34 2020"},
+                   src_mac="00:80:f4:32:00:14"))
+    (host,) = [h for h in s.report({}, [])["hosts"] if h["ip"] == "10.0.0.20"]
+    assert host["identity"]["product_code"] == "BMX P34 2020"
+    assert host["vendor"] == "TELEMECANIQUE ELECTRIQUE" and host["role"] == "plc"
+
+
+def test_function_table_counts_requests_responses_and_exceptions():
+    s = Summary()
+    for e in exchange("a", "b", "read", n=2):
+        s.add_event(e)
+    s.add_event(ev("b", "a", "response", "read", result="exception"))
+    (row,) = s.report({}, [])["functions"]["modbus"]
+    assert (row["requests"], row["responses"], row["exceptions"], row["count"]) == (2, 3, 1, 5)
+
+
+def test_unknown_or_absent_mac_has_no_vendor():
+    assert mac_vendor(None) is None and mac_vendor("02:00:00:00:00:01") is None
