@@ -4,13 +4,21 @@ One :class:`Engine` serves every way otsec is used — ``analyze`` and ``check``
 and the continuous sensor on a live interface — so there is one implementation of the
 data path. It is fed one packet at a time and calls back for each event and each
 finished flow; it never holds the events of a capture.
+
+``analyze(..., jobs=N)`` runs N engines in parallel, each owning the connections whose
+endpoints hash to it (every shard reads every packet but decodes only its own flows),
+and merges their output back into exactly the order one engine would have produced.
 """
 
 from __future__ import annotations
 
+import heapq
+import multiprocessing
+import pickle
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from otsec.capture import MALFORMED_REASONS, CaptureError, CaptureReader, parse_packet
 from otsec.decoders.base import Decoder
@@ -30,10 +38,17 @@ class EngineConfig:
     max_flows: int = 100_000
     tcp_idle_timeout: float = 3600.0
     udp_idle_timeout: float = 120.0
+    #: (index, count): decode only the connections of this shard (set by analyze(jobs=N)).
+    shard: tuple[int, int] | None = None
 
 
 def _ignore(_item) -> None:
     return None
+
+
+def shard_of(pkt: tuple, count: int) -> int:
+    """Shard owning a packet's connection: symmetric in direction, stable across processes."""
+    return (pkt[2][-1] + pkt[3][-1] + pkt[5] + pkt[6]) % count
 
 
 class Engine:
@@ -53,45 +68,57 @@ class Engine:
         self.skipped: dict[str, int] = {}
         self.first_ts: float | None = None
         self.last_ts: float | None = None
-        self.capture_errors: list[str] = []
-        self.source_first_ts: float | None = None
+        #: one entry per capture file or interface: name, packets, first/last ts, error
+        self.sources: list[dict] = []
+
+    @property
+    def capture_errors(self) -> list[str]:
+        return [s["error"] for s in self.sources if s["error"]]
 
     def set_source(self, name: str) -> None:
         """Name the capture file or interface the next packets come from."""
+        if self.sources:
+            self.table.source_index += 1
         self.table.capture = name
-        self.source_first_ts = None
+        self.sources.append({"name": name, "packets": 0, "first_ts": None, "last_ts": None, "error": None})
 
     def feed(self, pkt_no: int, ts: float, linktype: int, frame: bytes) -> None:
         self.packets += 1
         self.bytes += len(frame)
-        if self.source_first_ts is None:
-            self.source_first_ts = ts
-            if self.first_ts is None:
-                self.first_ts = ts
+        if self.first_ts is None:
+            self.first_ts = ts
         self.last_ts = ts
         pkt = parse_packet(linktype, frame)
         if pkt.__class__ is str:
             self.skipped[pkt] = self.skipped.get(pkt, 0) + 1
             return
+        shard = self.config.shard
+        if shard is not None and shard_of(pkt, shard[1]) != shard[0]:
+            self.table.tick(pkt_no, ts)
+            return
         self.table.packet(pkt_no, ts, pkt)
 
-    def read_file(self, path: str | Path, progress: Callable[[int, int], None] | None = None) -> CaptureReader:
+    def read_file(self, path: str | Path, progress: Callable[[int, int], None] | None = None) -> None:
         """Feed every packet of a capture file; a corrupt tail is recorded, not raised."""
         with CaptureReader(path) as reader:
             self.set_source(str(path))
+            source = self.sources[-1]
+            first_ts = None
             feed = self.feed
-            if progress is None:
-                for pkt_no, ts, linktype, frame in reader:
-                    feed(pkt_no, ts, linktype, frame)
-            else:
-                for pkt_no, ts, linktype, frame in reader:
-                    feed(pkt_no, ts, linktype, frame)
-                    if not pkt_no & 0x3FFF:
-                        progress(reader.offset, reader.size)
+            for pkt_no, ts, linktype, frame in reader:
+                if first_ts is None:
+                    first_ts = ts
+                    if self.last_ts is not None and ts < self.last_ts:
+                        # not the continuation of the previous file (time went back):
+                        # its connections are not this file's, even on the same 5-tuples
+                        self.table.retire_all(pkt_no)
+                feed(pkt_no, ts, linktype, frame)
+                if progress is not None and not pkt_no & 0x3FFF:
+                    progress(reader.offset, reader.size)
+            if progress is not None:
                 progress(reader.offset, reader.size)
-            if reader.error:
-                self.capture_errors.append(reader.error)
-        return reader
+            source.update(packets=reader.packets, first_ts=first_ts,
+                          last_ts=self.last_ts if first_ts is not None else None, error=reader.error)
 
     def finish(self) -> dict:
         """End of input: report every open connection and return the run's statistics."""
@@ -109,20 +136,83 @@ class Engine:
             "malformed_packets": malformed,
             **self.table.counters,
             "decode": self.health.as_dict(),
-            "capture_errors": list(self.capture_errors),
+            "sources": [dict(s) for s in self.sources],
+            "capture_errors": self.capture_errors,
         }
 
 
 def analyze(paths: Iterable[str | Path], on_event: Callable[[Event], None] | None = None,
             on_flow: Callable[[Flow], None] | None = None, config: EngineConfig | None = None,
-            progress: Callable[[int, int], None] | None = None) -> dict:
+            progress: Callable[[int, int], None] | None = None, jobs: int = 1) -> dict:
     """Stream capture files through one engine (flows continue across files, as with
-    rotated captures of one link). Raises CaptureError only for a file that cannot be
-    opened as a capture at all."""
+    rotated captures of one link) and return the run's statistics.
+
+    With ``jobs`` > 1 the work is split by connection over that many processes; the
+    callbacks then see the same items in the same order as with one process (as long as
+    the flow cap is not reached, since each shard has its own table). Raises
+    CaptureError only for a file that cannot be opened as a capture at all.
+    """
+    paths = [Path(p) for p in paths]
+    if jobs > 1:
+        return _analyze_parallel(paths, on_event or _ignore, on_flow or _ignore,
+                                 config or EngineConfig(), jobs)
     engine = Engine(config, on_event, on_flow)
     for path in paths:
         engine.read_file(path, progress)
     return engine.finish()
+
+
+# --- parallel shards ------------------------------------------------------------------
+
+def _run_shard(paths: list[Path], config: EngineConfig, index: int, count: int, out: str) -> dict:
+    """One shard: decode its connections, spill (order key, item) records to ``out``."""
+    config = EngineConfig(**{**config.__dict__, "shard": (index, count)})
+    seq = 0
+    with open(out, "wb") as spill:
+        dump = pickle.Pickler(spill, protocol=pickle.HIGHEST_PROTOCOL).dump
+
+        def record(item) -> None:
+            nonlocal seq
+            seq += 1
+            dump(((engine.table.clock, engine.table.emitting, seq), item))
+
+        engine = Engine(config, record, record)
+        for path in paths:
+            engine.read_file(path)
+        return engine.finish()
+
+
+def _records(path: str) -> Iterator[tuple]:
+    with open(path, "rb") as spill:
+        unpickler = pickle.Unpickler(spill)
+        while True:
+            try:
+                yield unpickler.load()
+            except EOFError:
+                return
+
+
+def _analyze_parallel(paths: list[Path], on_event, on_flow, config: EngineConfig, jobs: int) -> dict:
+    for path in paths:  # fail early, in the parent, with the same error as one process
+        CaptureReader(path).close()
+    ctx = multiprocessing.get_context("fork")
+    with tempfile.TemporaryDirectory(prefix="otsec-shards-") as tmp:
+        spills = [f"{tmp}/shard-{i}.pickle" for i in range(jobs)]
+        with ctx.Pool(jobs) as pool:
+            stats = pool.starmap(_run_shard, [(paths, config, i, jobs, spills[i]) for i in range(jobs)])
+        for _key, item in heapq.merge(*map(_records, spills), key=lambda rec: rec[0]):
+            (on_event if isinstance(item, Event) else on_flow)(item)
+    return _merge_stats(stats)
+
+
+def _merge_stats(shards: list[dict]) -> dict:
+    """Packet-level figures are the same in every shard; connection-level ones add up."""
+    merged = dict(shards[0])
+    for key in ("flows", "flows_timed_out", "flows_evicted", "retransmitted_bytes",
+                "overlap_conflicts", "gap_bytes"):
+        merged[key] = sum(s[key] for s in shards)
+    merged["decode"] = {k: sum(s["decode"][k] for s in shards) for k in shards[0]["decode"]}
+    return merged
 
 
 @dataclass
@@ -132,11 +222,11 @@ class Result:
     stats: dict
 
 
-def collect(paths: Iterable[str | Path], config: EngineConfig | None = None) -> Result:
+def collect(paths: Iterable[str | Path], config: EngineConfig | None = None, jobs: int = 1) -> Result:
     """Everything in memory, for tests and small captures."""
     events: list[Event] = []
     flows: list[Flow] = []
-    stats = analyze(paths, events.append, flows.append, config)
+    stats = analyze(paths, events.append, flows.append, config, jobs=jobs)
     return Result(events, flows, stats)
 
 

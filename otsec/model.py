@@ -142,6 +142,7 @@ class Flow:
     events: int = 0
     gaps: int = 0                      # capture gaps (missing TCP bytes) in either direction
     anomalies: list[str] = field(default_factory=list)  # flow-level decode problems
+    capture: str = ""                  # capture file (or interface) in which the flow ended
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}

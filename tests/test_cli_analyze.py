@@ -96,3 +96,13 @@ def test_port_option_finds_modbus_on_a_custom_port(tmp_path):
     r = otsec("analyze", path, "--format", "json", "--port", "modbus=5020")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["functions"]["modbus"][0]["function"] == "Read Holding Registers"
+
+
+def test_jobs_give_the_same_output_as_one_process(tmp_path):
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    captures = [ROOT / "pcaps" / "plant_normal.pcap", ROOT / "pcaps" / "plant_incident.pcap", SHOWCASE]
+    r1 = otsec("analyze", *captures, "--json", one, "--format", "json")
+    r2 = otsec("analyze", *captures, "--json", two, "--format", "json", "--jobs", "2")
+    assert r1.returncode == r2.returncode == 0, r1.stderr + r2.stderr
+    assert one.read_text() == two.read_text() and one.stat().st_size > 0
+    assert json.loads(r1.stdout) == json.loads(r2.stdout)

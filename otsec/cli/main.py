@@ -19,9 +19,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from otsec import __version__
 from otsec.analysis.inventory import Summary
 from otsec.capture import CaptureError
-from otsec.engine import Engine, EngineConfig
+from otsec.engine import EngineConfig
+from otsec.engine import analyze as analyze_captures
 from otsec.report.console import render_summary
-from otsec.store.db import CaptureWriter, StoreError, open_db
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="OT network security monitor and segmentation auditor.")
@@ -55,6 +55,17 @@ def parse_ports(values: list[str] | None) -> dict[str, tuple[int, ...]]:
             raise fail(f"--port {value!r}: ports must be between 1 and 65535")
         ports[name] = ports.get(name, ()) + parsed
     return ports
+
+
+def open_writers(db: Path, captures: list[Path]) -> dict:
+    """One storage writer per capture file (imported here: SQLite is only needed with --db)."""
+    from otsec.store.db import CaptureWriter, StoreError, open_db
+
+    try:
+        database = open_db(db)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    return {str(p): CaptureWriter(database, p) for p in dict.fromkeys(captures)}
 
 
 def check_inputs(paths: list[Path]) -> None:
@@ -106,6 +117,7 @@ def analyze(
     output_format: str = typer.Option("table", "--format", help="summary format: table or json"),
     port: Optional[List[str]] = typer.Option(None, "--port", help="extra server ports for a decoder, e.g. modbus=5020 (repeatable)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on large files"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="processes to use: connections are split between them, the output is the same as with one"),
 ) -> None:
     """Decode Modbus/TCP, S7comm/S7comm-plus and OPC UA in captures and summarise what talks to what."""
     if output_format not in ("table", "json"):
@@ -119,15 +131,7 @@ def analyze(
             out = sys.stdout if str(json_out) == "-" else open(json_out, "w", encoding="utf-8")
         except OSError as exc:
             raise fail(f"{json_out}: cannot write: {exc.strerror}") from None
-    database = None
-    if db is not None:
-        try:
-            database = open_db(db)
-        except StoreError as exc:
-            raise fail(str(exc)) from None
-
-    writers: dict[str, CaptureWriter] = {}
-    current: list[CaptureWriter] = []   # the writer of the file being read
+    writers = open_writers(db, captures) if db is not None else {}
 
     def on_event(ev) -> None:
         summary.add_event(ev)
@@ -138,34 +142,21 @@ def analyze(
 
     def on_flow(flow) -> None:
         summary.add_flow(flow)
-        if current:
-            current[0].add_flow(flow)   # a flow belongs to the file in which it ended
+        if writers:
+            writers[flow.capture].add_flow(flow)   # a flow belongs to the file in which it ended
 
-    engine = Engine(config, on_event, on_flow)
-    damaged: list[str] = []
-    per_file: dict[str, tuple] = {}
     try:
-        with _Progress(captures, progress) as bar:
-            for path in captures:
-                if database is not None:
-                    if str(path) not in writers:
-                        writers[str(path)] = CaptureWriter(database, path)
-                    current[:] = [writers[str(path)]]
-                before = engine.packets
-                engine.read_file(path, bar.callback())
-                error = engine.capture_errors[-1] if len(engine.capture_errors) > len(damaged) else None
-                if error:
-                    damaged.append(error)
-                per_file[str(path)] = (engine.packets - before, engine.source_first_ts, engine.last_ts, error)
+        with _Progress(captures, progress and jobs == 1) as bar:
+            stats = analyze_captures(captures, on_event, on_flow, config, bar.callback(), jobs)
     except CaptureError as exc:
         raise fail(str(exc)) from None
-    stats = engine.finish()
     finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for name, writer in writers.items():
-        packets, first_ts, last_ts, error = per_file[name]
-        writer.finish(packets, first_ts, last_ts, error, finished)
+    for source in stats["sources"] if writers else ():
+        writers[source["name"]].finish(source["packets"], source["first_ts"], source["last_ts"],
+                                       source["error"], finished)
     if out is not None and out is not sys.stdout:
         out.close()
+    damaged = stats["capture_errors"]
     report = summary.report(stats, [str(p) for p in captures])
     if output_format == "json":
         print(json.dumps(report, indent=2, default=str))

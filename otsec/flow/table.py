@@ -67,12 +67,13 @@ def _decodes_cleanly(dec: Decoder, msg: bytes, from_client: bool) -> bool:
 class FlowState:
     """Live state of one connection."""
 
-    __slots__ = ("flow", "keys", "streams", "session", "flip", "attempts", "undetected", "fins",
-                 "closed")
+    __slots__ = ("flow", "keys", "order", "streams", "session", "flip", "attempts", "undetected",
+                 "fins", "closed")
 
-    def __init__(self, flow: Flow, keys: tuple):
+    def __init__(self, flow: Flow, keys: tuple, order: tuple[int, int]):
         self.flow = flow
         self.keys = keys                  # (client→server key, server→client key)
+        self.order = order                # (source index, packet) of the first packet
         self.streams = [Stream(), Stream()]  # index 1: client → server, 0: server → client
         self.session: Session | None = None
         self.flip = False                 # decoder's client is the connection's server
@@ -106,14 +107,30 @@ class FlowTable:
         self.index: dict[tuple, tuple[FlowState, bool]] = {}
         self.states: dict[int, FlowState] = {}
         self.capture = ""
+        self.source_index = 0
+        #: (source index, packet) being processed, and the connection whose output is being
+        #: emitted: together they order the output of parallel shards (see engine.analyze)
+        self.clock: tuple[int, float] = (0, 0)
+        self.emitting: tuple[int, int] = (0, 0)
         self.counters = {"flows": 0, "flows_timed_out": 0, "flows_evicted": 0,
                          "retransmitted_bytes": 0, "overlap_conflicts": 0, "gap_bytes": 0}
         self._next_sweep = 0.0
 
     # --- per packet ------------------------------------------------------------------
 
+    def tick(self, pkt_no: int, ts: float) -> None:
+        """Advance time: retire idle connections. Called for every packet, including those
+        another shard owns, so that every shard retires the same connections at the same
+        packet; what it emits is ordered just before that packet's own output."""
+        if ts >= self._next_sweep:
+            self.clock = (self.source_index, pkt_no - 0.5)
+            self._sweep(ts)
+
     def packet(self, pkt_no: int, ts: float, pkt: tuple) -> None:
         src_mac, dst_mac, sip, dip, proto, sport, dport, flags, seq, ack, payload = pkt
+        if ts >= self._next_sweep:
+            self.tick(pkt_no, ts)
+        self.clock = (self.source_index, pkt_no)
         entry = self.index.get((sip, sport, dip, dport, proto))
         if entry is None or (proto == TCP and flags & SYN and not flags & ACK and self._is_reuse(entry[0])):
             if entry is not None:
@@ -135,8 +152,6 @@ class FlowTable:
                 flow.server_mac = mac_text(src_mac)
         if proto == TCP:
             self._tcp(st, from_client, pkt_no, ts, flags, seq, ack, payload)
-        if ts >= self._next_sweep:
-            self._sweep(ts)
 
     def _tcp(self, st: FlowState, from_client: bool, pkt_no: int, ts: float, flags: int,
              seq: int, ack: int, payload: bytes) -> None:
@@ -208,6 +223,7 @@ class FlowTable:
             src = (flow.server_ip, flow.server_port, flow.server_mac)
             dst = (flow.client_ip, flow.client_port, flow.client_mac)
         session = st.session
+        self.emitting = st.order
         for ev in events:
             ev.ts = ts
             ev.packet = pkt_no
@@ -282,7 +298,7 @@ class FlowTable:
         )
         c2s = (cip, cport, sip_, sport_, proto)
         s2c = (sip_, sport_, cip, cport, proto)
-        st = FlowState(flow, (c2s, s2c))
+        st = FlowState(flow, (c2s, s2c), (self.source_index, pkt_no))
         self.index[c2s] = (st, True)
         self.index[s2c] = (st, False)
         self.states[id(st)] = st
@@ -323,6 +339,8 @@ class FlowTable:
             flow.anomalies.append("tcp.overlap_conflict")
         if st.session is not None and len(st.session.protocols) == 1:
             flow.app = next(iter(st.session.protocols))
+        flow.capture = self.capture
+        self.emitting = st.order
         self.on_flow(flow)
 
     def _sweep(self, now: float) -> None:
@@ -342,7 +360,12 @@ class FlowTable:
             self.counters["flows_evicted"] += 1
             self._end(st)
 
-    def finish(self) -> None:
-        """End of input: every connection still open is reported."""
+    def retire_all(self, pkt_no: float) -> None:
+        """Report every connection still open (their output is ordered before ``pkt_no``)."""
+        self.clock = (self.source_index, pkt_no - 0.5)
         for st in list(self.states.values()):
             self._end(st)
+
+    def finish(self) -> None:
+        """End of input: every connection still open is reported."""
+        self.retire_all(float("inf"))

@@ -97,6 +97,7 @@ def event_row(capture_id: int, seq: int, ev: Event) -> dict:
 
 def flow_row(capture_id: int, flow: Flow) -> dict:
     row = flow.to_dict()
+    del row["capture"]           # the row's capture_id says it
     row["capture_id"] = capture_id
     row["initiator_known"] = int(flow.initiator_known)
     row["decoded"] = int(flow.decoded)
