@@ -2,8 +2,8 @@
 otsec.detect and otsec.store.detect_store.
 
 Exit codes: 0 success (for ``check``: no finding at or above ``--fail-on``); 1 a finding
-at or above ``--fail-on``; 2 usage, input, policy or database errors (one clear line each,
-never a traceback).
+at or above ``--fail-on``, or a damaged capture (results cover the packets before the
+damage); 2 usage, input, policy or database errors (one clear line each, never a traceback).
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from typing import Callable, List, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from otsec.capture import CaptureError
 from otsec.detect.baseline import Baseline, Learner, diff as baseline_diff
 from otsec.detect.checker import Checker
 from otsec.detect.findings import Finding
 from otsec.detect.rules import SEVERITIES, severity_rank
-from otsec.engine import Engine
+from otsec.cli.common import err, fail, report_damage, run_engine
+from otsec.report.console import add_plain_row
 from otsec.model import Event, Flow
 from otsec.policy.draft import Drafter
 from otsec.policy.loader import PolicyError, load_policy, parse_policy
@@ -37,12 +38,6 @@ baseline_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="Learn, show and compare per-zone communication baselines.")
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"otsec: error: {message}", markup=False)
-    return typer.Exit(code)
 
 
 def _policy(path: Path) -> Policy:
@@ -58,35 +53,20 @@ def _db(path: Path):
     try:
         return open_db(path)
     except StoreError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _existing_db(path: Path):
     if not path.is_file():
-        raise _fail(f"{path}: no such database")
+        raise fail(f"{path}: no such database")
     if not detect_store.is_sqlite(path):
-        raise _fail(f"{path}: not an otsec database")
+        raise fail(f"{path}: not an otsec database")
     return _db(path)
 
 
-def _run(paths: list[Path], on_event: Callable[[Event], None], on_flow: Callable[[Flow], None],
-         on_capture: Callable[[str], None] | None = None) -> dict:
-    """Stream the captures through one engine; capture problems become exit 2 or a warning."""
-    for p in paths:
-        if not p.is_file():
-            raise _fail(f"{p}: no such capture file")
-    engine = Engine(None, on_event, on_flow)
-    try:
-        for p in paths:
-            if on_capture:
-                on_capture(str(p))
-            engine.read_file(p)
-    except CaptureError as exc:
-        raise _fail(str(exc)) from None
-    stats = engine.finish()
-    for problem in stats.get("capture_errors") or ():
-        err.print(f"otsec: warning: {problem} (results cover the packets before it)", markup=False)
-    return stats
+def _run(paths: list[Path], on_event: Callable[[Event], None], on_flow: Callable[[Flow], None]) -> bool:
+    """Stream the captures through the engine; True when a capture was damaged (warned)."""
+    return report_damage(run_engine(paths, on_event, on_flow))
 
 
 # --- otsec policy ------------------------------------------------------------------------
@@ -110,14 +90,14 @@ def policy_init(
     try:
         parse_policy(text, str(output or "<draft>"))
     except PolicyError as exc:   # a drafting bug must not hand the user a broken file
-        raise _fail("the drafted policy does not validate: " + "; ".join(exc.errors)) from None
+        raise fail("the drafted policy does not validate: " + "; ".join(exc.errors)) from None
     if output is None:
         sys.stdout.write(text)
         return
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise _fail(f"{output}: cannot write: {exc.strerror or exc}") from None
+        raise fail(f"{output}: cannot write: {exc.strerror or exc}") from None
     err.print(f"wrote draft policy {output}; review it, then: otsec policy validate {output}", markup=False)
 
 
@@ -142,7 +122,7 @@ def baseline_learn(
     todo: dict[str, Path] = {}
     for p in captures:
         if not p.is_file():
-            raise _fail(f"{p}: no such capture file")
+            raise fail(f"{p}: no such capture file")
         sha = file_sha256(p)
         if sha in done or sha in todo:
             err.print(f"{p}: already learned, skipped", markup=False)
@@ -175,7 +155,7 @@ def _entries_table(title: str, entries) -> Table:
         t.add_column(col, overflow="fold")
     for e in entries:
         k = e.key
-        t.add_row(f"{k.src_zone or '-'} -> {k.dst_zone or '-'}", e.src_name or k.src_ip,
+        add_plain_row(t, f"{k.src_zone or '-'} -> {k.dst_zone or '-'}", e.src_name or k.src_ip,
                   e.dst_name or k.dst_ip, f"{k.protocol}/{k.port}", k.op_class or "-", k.function or "-",
                   e.targets_text() or "-", str(e.count), _ts(e.first_seen), _ts(e.last_seen))
     return t
@@ -202,7 +182,7 @@ def baseline_show(
     for col in ("ip", "name", "zone", "mac", "identity"):
         t.add_column(col, overflow="fold")
     for d in sorted(b.devices.values(), key=lambda d: d.ip):
-        t.add_row(d.ip, d.name or "(undeclared)", d.zone or "-", ", ".join(sorted(d.macs)) or "-",
+        add_plain_row(t, d.ip, d.name or "(undeclared)", d.zone or "-", ", ".join(sorted(d.macs)) or "-",
                   ", ".join(f"{k}={v}" for k, v in d.identity.items()) or "-")
     out.print(t)
 
@@ -217,9 +197,9 @@ def _side(paths: list[Path], policy_file: Path | None, label: str) -> Baseline:
     if len(paths) == 1 and detect_store.is_sqlite(paths[0]):
         return detect_store.load_baseline(_existing_db(paths[0]))
     if any(detect_store.is_sqlite(p) for p in paths):
-        raise _fail(f"{label}: give one baseline database or only captures, not both")
+        raise fail(f"{label}: give one baseline database or only captures, not both")
     if policy_file is None:
-        raise _fail(f"{label}: comparing captures needs --policy (for the zones)")
+        raise fail(f"{label}: comparing captures needs --policy (for the zones)")
     return _learn(paths, _policy(policy_file))
 
 
@@ -265,40 +245,41 @@ def baseline_diff_cmd(
 SEVERITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
 
-def _findings_table(findings: list[Finding]) -> Table:
-    t = Table(title=f"{len(findings)} findings", title_justify="left")
-    for col in ("severity", "rule", "source", "destination", "protocol", "count", "packets", "explanation"):
-        t.add_column(col, overflow="fold")
+def _findings_text(findings: list[Finding]) -> Text:
+    """Findings as two-line blocks (readable at any terminal width); wire-derived text is
+    appended as plain text, never parsed as rich markup."""
+    text = Text(f"{len(findings)} findings\n", style="bold")
     for f in findings:
         packets = str(f.first_packet) if f.first_packet == f.last_packet else f"{f.first_packet}-{f.last_packet}"
         src = f"{f.src.label} [{f.src.zone or 'external'}]"
         dst = f"{f.dst.label} [{f.dst.zone or 'external'}]" if f.dst else "-"
         proto = f"{f.protocol}/{f.port}" if f.protocol else "-"
-        t.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.rule_id, src, dst, proto,
-                  str(f.count), packets, f.explanation)
-    return t
+        text.append(f"\n{f.severity.upper():8s} ", style=SEVERITY_STYLE[f.severity])
+        text.append(f"{f.rule_id}  ", style="bold")
+        text.append(f"{src} -> {dst}  {proto}  x{f.count}  packets {packets}\n")
+        text.append(f"         {f.explanation}\n")
+    return text
 
 
 def check(
     captures: List[Path] = typer.Argument(..., help="Capture file(s) to check."),
     policy_file: Path = typer.Option(..., "--policy", "-p", help="Policy YAML."),
-    baseline_db: Optional[Path] = typer.Option(None, "--baseline", help="Baseline database (enables new-communication findings)."),
-    db_path: Optional[Path] = typer.Option(None, "--db", help="Store the run and its findings in this database."),
-    json_file: Optional[str] = typer.Option(None, "--json", help="Write findings as JSON lines to FILE ('-' for stdout)."),
-    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="Exit 1 when a finding of this severity or higher exists: " + ", ".join(SEVERITIES)),
+    baseline_db: Optional[Path] = typer.Option(
+        None, "--baseline", help="Baseline database (enables new-communication findings)."),
+    db_path: Optional[Path] = typer.Option(None, "--db", help="Store the run and its findings here."),
+    json_file: Optional[str] = typer.Option(
+        None, "--json", help="Write findings as JSON lines to FILE ('-' for stdout)."),
+    fail_on: Optional[str] = typer.Option(
+        None, "--fail-on", help="Exit 1 when a finding this severe or worse exists: " + ", ".join(SEVERITIES)),
 ) -> None:
     """Check captures against the policy (and baseline); report aggregated findings."""
     if fail_on is not None and fail_on not in SEVERITIES:
-        raise _fail(f"--fail-on {fail_on!r}: expected one of {', '.join(SEVERITIES)}")
+        raise fail(f"--fail-on {fail_on!r}: expected one of {', '.join(SEVERITIES)}")
     policy = _policy(policy_file)
     baseline = detect_store.load_baseline(_existing_db(baseline_db)) if baseline_db else None
     db = _db(db_path) if db_path else None
     checker = Checker(policy, baseline)
-
-    def on_capture(name: str) -> None:
-        checker.capture = name
-
-    _run(captures, checker.on_event, checker.on_flow, on_capture)
+    damaged = _run(captures, checker.on_event, checker.on_flow)
     findings = checker.finish()
     active = [f for f in findings if f.suppressed is None]
     if json_file is not None:
@@ -309,20 +290,22 @@ def check(
             try:
                 Path(json_file).write_text(lines, encoding="utf-8")
             except OSError as exc:
-                raise _fail(f"{json_file}: cannot write: {exc.strerror or exc}") from None
+                raise fail(f"{json_file}: cannot write: {exc.strerror or exc}") from None
     if db is not None:
         detect_store.save_findings(db, findings, str(policy_file), str(baseline_db) if baseline_db else None,
                                    [str(c) for c in captures])
     console = err if json_file == "-" else out
     if active:
-        console.print(_findings_table(active))
+        console.print(_findings_text(active))
     else:
         console.print("no findings", markup=False)
     suppressed = len(findings) - len(active)
     if suppressed:
         console.print(f"{suppressed} finding(s) suppressed by the policy", markup=False)
-    if checker.agg.dropped:
-        console.print(f"warning: {checker.agg.dropped} occurrences not aggregated (finding cap reached)",
+    if checker.agg.dropped or checker.sweep_pairs_dropped:
+        console.print(f"warning: {checker.agg.dropped} occurrences not aggregated (finding cap reached), "
+                      f"{checker.sweep_pairs_dropped} client/server pairs not tracked for sweeps",
                       markup=False)
-    if fail_on is not None and any(severity_rank(f.severity) >= severity_rank(fail_on) for f in active):
+    if damaged or (fail_on is not None and
+                   any(severity_rank(f.severity) >= severity_rank(fail_on) for f in active)):
         raise typer.Exit(1)

@@ -14,47 +14,16 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from otsec import __version__
 from otsec.analysis.inventory import Summary
-from otsec.capture import CaptureError
+from otsec.cli.check import baseline_app, check, policy_app
+from otsec.cli.common import check_inputs, fail, parse_ports, report_damage, run_engine
 from otsec.engine import EngineConfig
-from otsec.engine import analyze as analyze_captures
 from otsec.report.console import render_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="OT network security monitor and segmentation auditor.")
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-#: Files above this size get a progress bar (when stderr is a terminal).
-PROGRESS_MIN_BYTES = 16 * 1024 * 1024
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one clear line on stderr and return the exit to raise."""
-    err.print(f"otsec: error: {message}", markup=False)
-    return typer.Exit(code)
-
-
-def parse_ports(values: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """``--port modbus=502,5020`` → {"modbus": (502, 5020)}."""
-    from otsec.decoders.registry import BUILTIN
-
-    known = {d.name for d in BUILTIN}
-    ports: dict[str, tuple[int, ...]] = {}
-    for value in values or []:
-        name, _, nums = value.partition("=")
-        if name not in known or not nums:
-            raise fail(f"--port {value!r}: expected NAME=PORT[,PORT...] with NAME one of {', '.join(sorted(known))}")
-        try:
-            parsed = tuple(int(n) for n in nums.split(","))
-        except ValueError:
-            raise fail(f"--port {value!r}: ports must be numbers") from None
-        if not all(0 < p < 65536 for p in parsed):
-            raise fail(f"--port {value!r}: ports must be between 1 and 65535")
-        ports[name] = ports.get(name, ()) + parsed
-    return ports
 
 
 def open_writers(db: Path, captures: list[Path]) -> dict:
@@ -66,47 +35,6 @@ def open_writers(db: Path, captures: list[Path]) -> dict:
     except StoreError as exc:
         raise fail(str(exc)) from None
     return {str(p): CaptureWriter(database, p) for p in dict.fromkeys(captures)}
-
-
-def check_inputs(paths: list[Path]) -> None:
-    for path in paths:
-        if not path.exists():
-            raise fail(f"{path}: no such file")
-        if path.is_dir():
-            raise fail(f"{path}: is a directory (give the capture files)")
-
-
-class _Progress:
-    """A rich progress bar over the bytes of the capture files, shown on big inputs only."""
-
-    def __init__(self, paths: list[Path], enabled: bool):
-        total = sum(p.stat().st_size for p in paths)
-        self.bar = None
-        if enabled and err.is_terminal and total >= PROGRESS_MIN_BYTES:
-            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
-                                DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                                console=err, transient=True)
-            self.task = self.bar.add_task("decoding", total=total)
-            self.done = 0
-
-    def callback(self):
-        if self.bar is None:
-            return None
-
-        def update(offset: int, size: int) -> None:
-            self.bar.update(self.task, completed=self.done + offset)
-            if offset >= size:
-                self.done += size
-        return update
-
-    def __enter__(self):
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
 
 
 @app.command()
@@ -145,18 +73,13 @@ def analyze(
         if writers:
             writers[flow.capture].add_flow(flow)   # a flow belongs to the file in which it ended
 
-    try:
-        with _Progress(captures, progress and jobs == 1) as bar:
-            stats = analyze_captures(captures, on_event, on_flow, config, bar.callback(), jobs)
-    except CaptureError as exc:
-        raise fail(str(exc)) from None
+    stats = run_engine(captures, on_event, on_flow, config, progress, jobs)
     finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for source in stats["sources"] if writers else ():
         writers[source["name"]].finish(source["packets"], source["first_ts"], source["last_ts"],
                                        source["error"], finished)
     if out is not None and out is not sys.stdout:
         out.close()
-    damaged = stats["capture_errors"]
     report = summary.report(stats, [str(p) for p in captures])
     if output_format == "json":
         print(json.dumps(report, indent=2, default=str))
@@ -165,9 +88,7 @@ def analyze(
         if not out_console.is_terminal:
             out_console = Console(highlight=False, width=160)
         render_summary(report, out_console)
-    for message in damaged:
-        err.print(f"otsec: warning: {message} (results above cover the packets before it)", markup=False)
-    if damaged:
+    if report_damage(stats):
         raise typer.Exit(1)
 
 
@@ -182,6 +103,10 @@ def main(version: bool = typer.Option(False, "--version", callback=version_callb
                                       help="show the version and exit")) -> None:
     """OT network security monitor and segmentation auditor."""
 
+
+app.add_typer(policy_app, name="policy")
+app.add_typer(baseline_app, name="baseline")
+app.command("check")(check)
 
 if __name__ == "__main__":
     app()

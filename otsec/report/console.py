@@ -32,7 +32,8 @@ def _table(title: str, *columns: str) -> Table:
     return table
 
 
-def _row(table: Table, *cells) -> None:
+def add_plain_row(table: Table, *cells) -> None:
+    """Add a row whose cells are shown as plain text (wire data is never rich markup)."""
     table.add_row(*(Text("" if c is None else str(c)) for c in cells))
 
 
@@ -40,21 +41,21 @@ def render_summary(summary: dict, console: Console) -> None:
     s = summary
     duration = (s["last_ts"] - s["first_ts"]) if s["first_ts"] is not None and s["last_ts"] is not None else 0.0
     head = _table("Capture", "files", "packets", "bytes", "from", "to", "duration", "decoded messages", "flows")
-    _row(head, "\n".join(s["captures"]), s["packets"], s["bytes"], _time(s["first_ts"]),
+    add_plain_row(head, "\n".join(s["captures"]), s["packets"], s["bytes"], _time(s["first_ts"]),
          _time(s["last_ts"]), f"{duration:.1f} s", s["events"], s["flows"])
     console.print(head)
 
     hosts = _table("Hosts", "IP", "MAC", "vendor (OUI)", "role", "identity", "serves", "uses")
     for h in s["hosts"]:
         identity = "\n".join(f"{k}: {v}" for k, v in sorted(h["identity"].items()) if k in IDENTITY_SHOWN)
-        _row(hosts, h["ip"], "\n".join(h["macs"]), h["vendor"] or "", h["role"], identity,
+        add_plain_row(hosts, h["ip"], "\n".join(h["macs"]), h["vendor"] or "", h["role"], identity,
              ", ".join(h["serves"]), ", ".join(h["uses"]))
     console.print(hosts)
 
     talks = _table("Who talks to whom", "source", "destination", "protocol", "requests", "operations")
     for t in s["communications"]:
         ops = ", ".join(f"{op} {t['operations'][op]}" for op in OP_ORDER if op in t["operations"])
-        _row(talks, t["src"], t["dst"], t["protocol"], t["requests"], ops)
+        add_plain_row(talks, t["src"], t["dst"], t["protocol"], t["requests"], ops)
     console.print(talks)
 
     for proto, rows in s["functions"].items():
@@ -62,14 +63,14 @@ def render_summary(summary: dict, console: Console) -> None:
                        "exceptions/errors", "notifications")
         for r in rows:
             code = "" if r["code"] is None else (f"0x{r['code']:02x}" if proto != "modbus" else str(r["code"]))
-            _row(table, code, r["function"], r["count"], r["requests"], r["responses"],
+            add_plain_row(table, code, r["function"], r["count"], r["requests"], r["responses"],
                  r["exceptions"], r["notifications"])
         console.print(table)
 
     if s["applications"]:
         apps = _table("Flows by application", "application", "flows")
         for app, n in s["applications"].items():
-            _row(apps, app, n)
+            add_plain_row(apps, app, n)
         console.print(apps)
 
     h = s["health"]
@@ -88,9 +89,9 @@ def render_summary(summary: dict, console: Console) -> None:
                        ("buffer overflows", "buffer_overflows"),
                        ("flows evicted (table full)", "flows_evicted"),
                        ("decoder errors", "decoder_errors")):
-        _row(health, label, h[key])
+        add_plain_row(health, label, h[key])
     for reason, n in sorted(h["skipped_packets"].items()):
-        _row(health, f"packets skipped: {reason}", n)
+        add_plain_row(health, f"packets skipped: {reason}", n)
     for flag, n in h["anomalies"].items():
-        _row(health, f"anomaly {flag}", n)
+        add_plain_row(health, f"anomaly {flag}", n)
     console.print(health)

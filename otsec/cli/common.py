@@ -1,0 +1,112 @@
+"""What every command shares: the one-line error, input checks, and running the engine.
+
+Every user error ends as ``otsec: error: <what and where>`` on stderr and an exit code,
+never a traceback; a damaged capture is a warning after the partial results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+from otsec.capture import CaptureError
+from otsec.engine import EngineConfig, analyze
+from otsec.model import Event, Flow
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+#: Inputs above this size get a progress bar (when stderr is a terminal).
+PROGRESS_MIN_BYTES = 16 * 1024 * 1024
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one clear line on stderr and return the exit to raise."""
+    err.print(f"otsec: error: {message}", markup=False)
+    return typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    err.print(f"otsec: warning: {message}", markup=False)
+
+
+def check_inputs(paths: list[Path]) -> None:
+    for path in paths:
+        if not path.exists():
+            raise fail(f"{path}: no such capture file")
+        if path.is_dir():
+            raise fail(f"{path}: is a directory (give the capture files)")
+
+
+def parse_ports(values: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``--port modbus=502,5020`` → {"modbus": (502, 5020)}."""
+    from otsec.decoders.registry import BUILTIN
+
+    known = {d.name for d in BUILTIN}
+    ports: dict[str, tuple[int, ...]] = {}
+    for value in values or []:
+        name, _, nums = value.partition("=")
+        if name not in known or not nums:
+            raise fail(f"--port {value!r}: expected NAME=PORT[,PORT...] with NAME one of {', '.join(sorted(known))}")
+        try:
+            parsed = tuple(int(n) for n in nums.split(","))
+        except ValueError:
+            raise fail(f"--port {value!r}: ports must be numbers") from None
+        if not all(0 < p < 65536 for p in parsed):
+            raise fail(f"--port {value!r}: ports must be between 1 and 65535")
+        ports[name] = ports.get(name, ()) + parsed
+    return ports
+
+
+class _Progress:
+    """A rich progress bar over the bytes of the capture files, shown on big inputs only."""
+
+    def __init__(self, paths: list[Path], enabled: bool):
+        total = sum(p.stat().st_size for p in paths)
+        self.bar = None
+        if enabled and err.is_terminal and total >= PROGRESS_MIN_BYTES:
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(),
+                                DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                                console=err, transient=True)
+            self.task = self.bar.add_task("decoding", total=total)
+            self.done = 0
+
+    def callback(self) -> Callable[[int, int], None] | None:
+        if self.bar is None:
+            return None
+
+        def update(offset: int, size: int) -> None:
+            self.bar.update(self.task, completed=self.done + offset)
+            if offset >= size:
+                self.done += size
+        return update
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run_engine(paths: list[Path], on_event: Callable[[Event], None], on_flow: Callable[[Flow], None],
+               config: EngineConfig | None = None, progress: bool = True, jobs: int = 1) -> dict:
+    """Stream the captures through the engine; unreadable input becomes exit 2."""
+    check_inputs(paths)
+    try:
+        with _Progress(paths, progress and jobs == 1) as bar:
+            return analyze(paths, on_event, on_flow, config, bar.callback(), jobs)
+    except CaptureError as exc:
+        raise fail(str(exc)) from None
+
+
+def report_damage(stats: dict) -> bool:
+    """Warn about damaged captures (after the results); True when there was any."""
+    for message in stats["capture_errors"]:
+        warn(f"{message} (the results cover the packets before it)")
+    return bool(stats["capture_errors"])
