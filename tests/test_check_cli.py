@@ -176,7 +176,7 @@ def test_usage_errors_exit_2(tmp_path):
 def test_policy_validate_summary():
     r = invoke("policy", "validate", POLICY)
     assert r.exit_code == 0
-    assert r.stdout.strip() == f"{POLICY}: valid: 5 zones, 8 assets, 5 conduits (7 allow rules), 0 suppressions"
+    assert r.stdout.strip() == f"{POLICY}: valid: 5 zones, 9 assets, 5 conduits (7 allow rules), 0 suppressions"
 
 
 def test_policy_init_drafts_a_valid_policy_that_fits_its_traffic(tmp_path):
