@@ -84,7 +84,7 @@ def test_base_policy_is_valid_and_located():
 
 def test_example_plant_policy_is_valid():
     p = load_policy(EXAMPLE)
-    assert len(p.zones) == 5 and len(p.assets) == 8 and len(p.conduits) == 5
+    assert len(p.zones) == 5 and len(p.assets) == 9 and len(p.conduits) == 5
     assert p.zones["dmz"].level == 3.5
     assert p.conduit_between("field", "control").name == "hmi-to-field"
     assert p.assets["plc-modbus"].mac == "00:80:f4:32:00:14"
