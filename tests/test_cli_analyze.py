@@ -71,12 +71,15 @@ def test_truncated_capture_reports_partial_results_and_where_it_broke(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["analyze", "nope.pcap"], "nope.pcap: no such file"),
+    (["analyze", "nope.pcap"], "nope.pcap: no such capture file"),
     (["analyze", "pyproject.toml"], "pyproject.toml: not a pcap or pcapng file"),
     (["analyze", "pcaps"], "pcaps: is a directory"),
     (["analyze", "pcaps/protocols_showcase.pcap", "--port", "dnp3=20000"], "--port 'dnp3=20000'"),
     (["analyze", "pcaps/protocols_showcase.pcap", "--port", "modbus=70000"], "between 1 and 65535"),
     (["analyze", "pcaps/protocols_showcase.pcap", "--format", "xml"], "--format 'xml'"),
+    (["analyze", "--bogus", "x.pcap"], "No such option: --bogus"),
+    (["analyze", "pcaps/protocols_showcase.pcap", "--jobs", "0"], "--jobs"),
+    (["check", "pcaps/plant_incident.pcap"], "Missing option '--policy'"),
 ])
 def test_bad_input_gives_one_clear_line_and_exit_2(args, message):
     r = otsec(*args, cwd=ROOT)

@@ -7,6 +7,7 @@ for ``check``, a finding at or above ``--fail-on``; 2 usage, input or policy err
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,7 @@ from rich.console import Console
 from otsec import __version__
 from otsec.analysis.inventory import Summary
 from otsec.cli.check import baseline_app, check, policy_app
-from otsec.cli.common import check_inputs, fail, parse_ports, report_damage, run_engine
+from otsec.cli.common import check_inputs, err, fail, parse_ports, report_damage, run_engine
 from otsec.engine import EngineConfig
 from otsec.report.console import render_summary
 
@@ -108,5 +109,34 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(baseline_app, name="baseline")
 app.command("check")(check)
 
+
+def run() -> None:
+    """The ``otsec`` entry point: usage errors and crashes also end in one line and a code."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("otsec: interrupted", markup=False)
+        sys.exit(130)
+    except typer.TyperException as exc:  # usage errors (typer's click): one line, not a panel
+        ctx = getattr(exc, "ctx", None)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if message:  # an empty one means the help was shown (no arguments)
+            where = ctx.command_path if ctx is not None else "otsec"
+            fail(f"{message} (see '{where} --help')")
+        sys.exit(getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:
+        err.print("otsec: interrupted", markup=False)
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so in one line; the traceback is one variable away
+        if os.environ.get("OTSEC_DEBUG"):
+            raise
+        fail(f"internal error: {type(exc).__name__}: {exc} (run with OTSEC_DEBUG=1 for the traceback "
+             "and please report it)", 3)
+        sys.exit(3)
+    sys.exit(code or 0)
+
+
 if __name__ == "__main__":
-    app()
+    run()

@@ -1,0 +1,129 @@
+"""`otsec report`: the compliance report against the NCSC secure connectivity principles
+for OT, as HTML, Markdown or JSON. A thin command over :mod:`otsec.report`.
+
+With ``--from`` the captures are analysed by the same engine as ``otsec analyze``, stored
+in ``--db`` (and their findings as a check run) and the report covers exactly them;
+without it the report covers everything the database holds. Exit codes: 0 written;
+2 usage, input, policy or database errors (one clear line each, never a traceback).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+import yaml
+
+from otsec.cli.common import check_inputs, err, fail, run_engine, warn
+from otsec.detect.checker import Checker
+from otsec.policy.loader import PolicyError, load_policy
+from otsec.policy.model import Policy
+from otsec.report import compliance, diagram, html, markdown, source
+from otsec.store import detect_store
+from otsec.store.db import CaptureWriter, StoreError, open_db
+
+FORMATS = ("html", "md", "json")
+
+
+def _policy(path: Path) -> Policy:
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        for line in exc.errors:
+            err.print(line, markup=False)
+        raise typer.Exit(2) from None
+
+
+def _site_name(path: Path) -> str | None:
+    """The policy's ``name`` (the loader validates the file; only the title is read here)."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    name = doc.get("name") if isinstance(doc, dict) else None
+    return str(name) if name else None
+
+
+def _store(db, paths: list[Path], policy: Policy, baseline, policy_file: Path) -> list[int]:
+    """Analyse ``paths`` into ``db`` as ``otsec analyze --db`` does, and store their
+    findings as ``otsec check --db`` does; returns the captures' ids."""
+    writers = {str(p): CaptureWriter(db, p) for p in dict.fromkeys(paths)}
+    checker = Checker(policy, baseline)
+
+    def on_event(ev) -> None:
+        writers[ev.capture].add_event(ev)
+        checker.capture = ev.capture
+        checker.on_event(ev)
+
+    def on_flow(flow) -> None:
+        writers[flow.capture].add_flow(flow)   # a flow belongs to the file in which it ended
+        checker.capture = flow.capture
+        checker.on_flow(flow)
+
+    stats = run_engine(paths, on_event, on_flow, progress=False)
+    done = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    for src in stats["sources"]:
+        writers[src["name"]].finish(src["packets"], src["first_ts"], src["last_ts"], src["error"], done)
+    for message in stats["capture_errors"]:
+        warn(f"{message} (the report covers the packets before it)")
+    detect_store.save_findings(db, checker.finish(), str(policy_file), None, list(writers))
+    return [w.capture_id for w in writers.values()]
+
+
+def report(
+    policy_file: Path = typer.Option(..., "--policy", "-p", help="Policy YAML (zones, assets, conduits)."),
+    db_path: Path = typer.Option(..., "--db", help="otsec database: read, and with --from also written."),
+    captures: Optional[List[Path]] = typer.Option(None, "--from", help="Analyse these captures into --db and report on them (repeatable)."),
+    output_format: str = typer.Option("html", "--format", "-f", help="html, md or json."),
+    output: Path = typer.Option(..., "-o", "--output", help="Write the report here ('-' for stdout)."),
+    baseline_db: Optional[Path] = typer.Option(None, "--baseline", help="Baseline database (default: the baseline stored in --db, if any)."),
+) -> None:
+    """Assess the site against the NCSC secure connectivity principles for OT."""
+    if output_format not in FORMATS:
+        raise fail(f"--format {output_format!r}: expected one of {', '.join(FORMATS)}")
+    policy = _policy(policy_file)
+    check_inputs(list(captures or ()))
+    if not captures:
+        if not db_path.is_file():
+            raise fail(f"{db_path}: no such database (create it with otsec analyze --db, or pass --from)")
+        if not detect_store.is_sqlite(db_path):
+            raise fail(f"{db_path}: not an otsec database")
+    if baseline_db is not None and not (baseline_db.is_file() and detect_store.is_sqlite(baseline_db)):
+        raise fail(f"{baseline_db}: no such baseline database")
+    try:
+        db = open_db(db_path)
+        baseline = detect_store.load_baseline(open_db(baseline_db) if baseline_db else db)
+        baseline = baseline if baseline.entries or baseline.devices else None
+        ids = _store(db, list(captures), policy, baseline, policy_file) if captures else None
+        if ids is None and not source.holds_anything(db):
+            raise fail(f"{db_path}: holds no analysed traffic (run otsec analyze --db {db_path} CAPTURE, or pass --from)")
+        data = compliance.from_db(db, policy, baseline, policy_path=str(policy_file), capture_ids=ids,
+                                  site_name=_site_name(policy_file))
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise fail(f"{db_path}: database error: {exc}") from None
+    if output_format == "json":
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    elif output_format == "md":
+        text = markdown.render(data)
+    else:
+        try:
+            text = html.render(data, diagram.render_svg(data["diagram"]))
+        except diagram.DiagramUnavailable as exc:
+            warn(f"{exc}; the report has no diagram")
+            text = html.render(data, None, str(exc))
+    if str(output) == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"{output}: cannot write: {exc.strerror or exc}") from None
+    counts = ", ".join(f"{n} {compliance.STATUS_LABELS[s]}" for s, n in data["overall"].items() if n)
+    err.print(f"wrote {output}: {counts}", markup=False)
