@@ -211,18 +211,40 @@ _CATEGORY_LABEL = {"user_defined": "User-defined function", "reserved": "Reserve
                    "unassigned": "Unassigned function", "invalid": "Invalid function"}
 
 
+def _fc_info(fc: int) -> tuple[str, str, str, str | None]:
+    """(function name, op class, category, category anomaly flag or None) of a code."""
+    category = _category(fc)
+    name = FUNCTION_NAMES.get(fc) or "%s (%d)" % (_CATEGORY_LABEL[category], fc)
+    return name, OP_CLASS.get(fc, "other"), category, _CATEGORY_FLAG.get(category)
+
+
+#: Everything the header's function code decides, per code (exception bit cleared).
+_FC_INFO = tuple(_fc_info(fc) for fc in range(0x80))
+#: Bits of each byte value, least significant first (coil/input order on the wire).
+_BYTE_BITS = tuple(tuple((b >> i) & 1 for i in range(8)) for b in range(256))
+#: Big-endian register arrays by length, up to the detail cap.
+_WORDS = tuple(struct.Struct(">%dH" % n) for n in range(MAX_DETAIL_VALUES + 1))
+_FILE_SUBREQ = struct.Struct(">BHHH")
+_U16X4 = struct.Struct(">HHHH")
+_U8X5 = struct.Struct(">BBBBB")
+
+
 def _hex(data: bytes) -> str:
     return data[:MAX_DETAIL_RAW].hex()
 
 
 def _words(data: bytes) -> list[int]:
-    n = min(len(data) // 2, MAX_DETAIL_VALUES)
-    return list(struct.unpack_from(">%dH" % n, data)) if n else []
+    n = min(len(data) >> 1, MAX_DETAIL_VALUES)
+    return list(_WORDS[n].unpack_from(data)) if n else []
 
 
 def _bits(data: bytes, count: int) -> list[int]:
     count = min(count, len(data) * 8, MAX_DETAIL_VALUES)
-    return [(data[i >> 3] >> (i & 7)) & 1 for i in range(count)]
+    out: list[int] = []
+    for byte in data[:(count + 7) >> 3]:
+        out += _BYTE_BITS[byte]
+    del out[count:]
+    return out
 
 
 def _text(raw: bytes) -> str:
@@ -241,64 +263,78 @@ def _need(data: bytes, size: int) -> None:
         raise IndexError(size)
 
 
-def _quantity(ev: Event, qty: int, limit: int) -> None:
-    if not 1 <= qty <= limit:
-        ev.anomalies.append(A_INVALID_LENGTH)
-
-
 # --- requests -----------------------------------------------------------------------
 
 def _req_read(kind: str, limit: int):
     def parse(ev: Event, data: bytes, ctx: dict) -> None:
         start, qty = _U16X2.unpack_from(data)
-        ev.detail.update(start=start, quantity=qty)
-        ev.targets.append(Target(kind=kind, start=start, count=qty))
+        detail = ev.detail
+        detail["start"] = start
+        detail["quantity"] = qty
+        ev.targets.append(Target(kind, start, qty))
         ctx["start"] = start
-        _quantity(ev, qty, limit)
-        _exact(ev, data, 4)
+        if not 1 <= qty <= limit:
+            ev.anomalies.append(A_INVALID_LENGTH)
+        if len(data) > 4:
+            _exact(ev, data, 4)
     return parse
 
 
 def _write_single(kind: str):
     """FC 5/6 request and its echo: address and value (a coil's value is ON/OFF)."""
+    coil = kind == "coil"
+
     def parse(ev: Event, data: bytes, ctx: dict) -> None:
         addr, value = _U16X2.unpack_from(data)
-        if kind == "coil":
-            if value not in (COIL_ON, COIL_OFF):
+        if coil:
+            if value == COIL_ON:
+                value = 1
+            elif value == COIL_OFF:
+                value = 0
+            else:
                 ev.anomalies.append(A_INVALID_VALUE)
-            value = 1 if value == COIL_ON else 0 if value == COIL_OFF else value
-        ev.detail.update(start=addr, quantity=1, values=[value])
+        detail = ev.detail
+        detail["start"] = addr
+        detail["quantity"] = 1
+        detail["values"] = [value]
         if ev.kind == "request":
-            ev.targets.append(Target(kind=kind, start=addr, count=1))
-        _exact(ev, data, 4)
+            ev.targets.append(Target(kind, addr, 1))
+        if len(data) > 4:
+            _exact(ev, data, 4)
     return parse
 
 
 def _req_write_coils(ev: Event, data: bytes, ctx: dict) -> None:
     start, qty = _U16X2.unpack_from(data)
-    ev.targets.append(Target(kind="coil", start=start, count=qty))
-    ev.detail.update(start=start, quantity=qty)
-    _quantity(ev, qty, MAX_WRITE_COILS)
+    ev.targets.append(Target("coil", start, qty))
+    detail = ev.detail
+    detail["start"] = start
+    detail["quantity"] = qty
+    if not 1 <= qty <= MAX_WRITE_COILS:
+        ev.anomalies.append(A_INVALID_LENGTH)
     count = data[4]
-    ev.detail["byte_count"] = count
+    detail["byte_count"] = count
     if count != (qty + 7) // 8:
         ev.anomalies.append(A_INVALID_LENGTH)
     _need(data, 5 + count)
-    ev.detail["values"] = _bits(data[5:5 + count], qty)
+    detail["values"] = _bits(data[5:5 + count], qty)
     _exact(ev, data, 5 + count)
 
 
 def _req_write_registers(ev: Event, data: bytes, ctx: dict) -> None:
     start, qty = _U16X2.unpack_from(data)
-    ev.targets.append(Target(kind="holding_register", start=start, count=qty))
-    ev.detail.update(start=start, quantity=qty)
-    _quantity(ev, qty, MAX_WRITE_REGISTERS)
+    ev.targets.append(Target("holding_register", start, qty))
+    detail = ev.detail
+    detail["start"] = start
+    detail["quantity"] = qty
+    if not 1 <= qty <= MAX_WRITE_REGISTERS:
+        ev.anomalies.append(A_INVALID_LENGTH)
     count = data[4]
-    ev.detail["byte_count"] = count
+    detail["byte_count"] = count
     if count != 2 * qty:
         ev.anomalies.append(A_INVALID_LENGTH)
     _need(data, 5 + count)
-    ev.detail["values"] = _words(data[5:5 + count])
+    detail["values"] = _words(data[5:5 + count])
     _exact(ev, data, 5 + count)
 
 
@@ -325,7 +361,7 @@ def _req_read_file(ev: Event, data: bytes, ctx: dict) -> None:
     _need(data, 1 + count)
     records = []
     for off in range(1, 1 + count - FILE_SUBREQ_LEN + 1, FILE_SUBREQ_LEN):
-        ref, file_no, record, length = struct.unpack_from(">BHHH", data, off)
+        ref, file_no, record, length = _FILE_SUBREQ.unpack_from(data, off)
         if len(records) < MAX_FILE_RECORDS:
             records.append({"reference_type": ref, "file": file_no, "record": record,
                             "length": length})
@@ -347,7 +383,7 @@ def _write_file(ev: Event, data: bytes, ctx: dict) -> None:
     off = 1
     end = 1 + count
     while off < end:
-        ref, file_no, record, length = struct.unpack_from(">BHHH", data, off)
+        ref, file_no, record, length = _FILE_SUBREQ.unpack_from(data, off)
         values = data[off + FILE_SUBREQ_LEN:off + FILE_SUBREQ_LEN + 2 * length]
         _need(values, 2 * length)
         if len(records) < MAX_FILE_RECORDS:
@@ -367,26 +403,35 @@ def _write_file(ev: Event, data: bytes, ctx: dict) -> None:
 
 def _mask_write(ev: Event, data: bytes, ctx: dict) -> None:
     addr, and_mask, or_mask = _U16X3.unpack_from(data)
-    ev.detail.update(start=addr, and_mask=and_mask, or_mask=or_mask)
+    detail = ev.detail
+    detail["start"] = addr
+    detail["and_mask"] = and_mask
+    detail["or_mask"] = or_mask
     if ev.kind == "request":
-        ev.targets.append(Target(kind="holding_register", start=addr, count=1))
+        ev.targets.append(Target("holding_register", addr, 1))
     _exact(ev, data, 6)
 
 
 def _req_read_write(ev: Event, data: bytes, ctx: dict) -> None:
-    rstart, rqty, wstart, wqty = struct.unpack_from(">HHHH", data)
-    ev.detail.update(read_start=rstart, read_quantity=rqty, write_start=wstart, write_quantity=wqty)
-    ev.targets.append(Target(kind="holding_register", start=rstart, count=rqty))
-    ev.targets.append(Target(kind="holding_register", start=wstart, count=wqty))
+    rstart, rqty, wstart, wqty = _U16X4.unpack_from(data)
+    detail = ev.detail
+    detail["read_start"] = rstart
+    detail["read_quantity"] = rqty
+    detail["write_start"] = wstart
+    detail["write_quantity"] = wqty
+    ev.targets.append(Target("holding_register", rstart, rqty))
+    ev.targets.append(Target("holding_register", wstart, wqty))
     ctx["start"] = rstart
-    _quantity(ev, rqty, MAX_READ_REGISTERS)
-    _quantity(ev, wqty, MAX_RW_WRITE_REGISTERS)
+    if not 1 <= rqty <= MAX_READ_REGISTERS:
+        ev.anomalies.append(A_INVALID_LENGTH)
+    if not 1 <= wqty <= MAX_RW_WRITE_REGISTERS:
+        ev.anomalies.append(A_INVALID_LENGTH)
     count = data[8]
-    ev.detail["byte_count"] = count
+    detail["byte_count"] = count
     if count != 2 * wqty:
         ev.anomalies.append(A_INVALID_LENGTH)
     _need(data, 9 + count)
-    ev.detail["values"] = _words(data[9:9 + count])
+    detail["values"] = _words(data[9:9 + count])
     _exact(ev, data, 9 + count)
 
 
@@ -438,28 +483,35 @@ REQUEST_PARSERS = {
 
 def _resp_bits(ev: Event, data: bytes, ctx: dict) -> None:
     count = data[0]
-    ev.detail["byte_count"] = count
+    detail = ev.detail
+    detail["byte_count"] = count
     if not 1 <= count <= (MAX_READ_BITS + 7) // 8:
         ev.anomalies.append(A_INVALID_LENGTH)
     _need(data, 1 + count)
-    ev.detail["values"] = _bits(data[1:1 + count], count * 8)
-    _exact(ev, data, 1 + count)
+    detail["values"] = _bits(data[1:1 + count], count * 8)
+    if len(data) > 1 + count:
+        _exact(ev, data, 1 + count)
 
 
 def _resp_registers(ev: Event, data: bytes, ctx: dict) -> None:
     count = data[0]
-    ev.detail["byte_count"] = count
+    detail = ev.detail
+    detail["byte_count"] = count
     if count % 2 or not 2 <= count <= 2 * MAX_READ_REGISTERS:
         ev.anomalies.append(A_INVALID_LENGTH)
     _need(data, 1 + count)
-    ev.detail["values"] = _words(data[1:1 + count])
-    _exact(ev, data, 1 + count)
+    detail["values"] = _words(data[1:1 + count])
+    if len(data) > 1 + count:
+        _exact(ev, data, 1 + count)
 
 
 def _resp_write_multiple(ev: Event, data: bytes, ctx: dict) -> None:
     start, qty = _U16X2.unpack_from(data)
-    ev.detail.update(start=start, quantity=qty)
-    _exact(ev, data, 4)
+    detail = ev.detail
+    detail["start"] = start
+    detail["quantity"] = qty
+    if len(data) > 4:
+        _exact(ev, data, 4)
 
 
 def _resp_exception_status(ev: Event, data: bytes, ctx: dict) -> None:
@@ -543,7 +595,7 @@ def _resp_mei(ev: Event, data: bytes, ctx: dict) -> None:
     if mei != MEI_DEVICE_ID:
         ev.detail["data"] = _hex(data[1:])
         return
-    code, conformity, more, next_id, number = struct.unpack_from(">BBBBB", data, 1)
+    code, conformity, more, next_id, number = _U8X5.unpack_from(data, 1)
     ev.detail.update(read_device_id=code, read_device_id_name=READ_DEVICE_ID_CODES.get(code),
                      conformity_level=conformity, more_follows=more, next_object_id=next_id,
                      number_of_objects=number)
@@ -607,69 +659,62 @@ def _apply_request_context(ev: Event, ctx: dict) -> None:
 
 def decode(msg: bytes, from_client: bool, state: dict | None) -> list[Event]:
     """Decode one ADU (as framed by :func:`frame`) into one event; never raises."""
-    if len(msg) < MBAP_LEN + 1:
+    size = len(msg)
+    if size < MBAP_LEN + 1:
         return [Event(protocol="modbus", kind="request" if from_client else "response",
                       function="Malformed ADU", op_class="other",
                       result=None if from_client else "error",
                       anomalies=[A_TRUNCATED, A_INVALID_LENGTH], detail={"data": _hex(msg)})]
     tid, proto, length, unit, raw_fc = _HEADER.unpack_from(msg)
     fc = raw_fc & 0x7F
-    category = _category(fc)
-    ev = Event(
-        protocol="modbus",
-        kind="request" if from_client else "response",
-        function=FUNCTION_NAMES.get(fc) or "%s (%d)" % (_CATEGORY_LABEL[category], fc),
-        op_class=OP_CLASS.get(fc, "other"),
-        function_code=fc,
-        result=None if from_client else "ok",
-        pair_key=(tid, unit),
-        detail={"transaction_id": tid, "unit_id": unit, "category": category},
-    )
-    flags = ev.anomalies
-    if category in _CATEGORY_FLAG:
-        flags.append(_CATEGORY_FLAG[category])
+    function, op_class, category, category_flag = _FC_INFO[fc]
+    flags = [category_flag] if category_flag else []
     if proto != 0:
         flags.append(A_PROTOCOL_ID)
-    if length != len(msg) - 6:
+    if length != size - 6:
         flags.append(A_INVALID_LENGTH)
     if length > LENGTH_SPEC_MAX:
         flags.append(A_OVERSIZED)
+    pair_key = (tid, unit)
+    ev = Event(
+        protocol="modbus",
+        kind="request" if from_client else "response",
+        function=function,
+        op_class=op_class,
+        function_code=fc,
+        result=None if from_client else "ok",
+        anomalies=flags,
+        pair_key=pair_key,
+        detail={"transaction_id": tid, "unit_id": unit, "category": category},
+    )
     data = msg[MBAP_LEN + 1:]
     if from_client:
-        _request(ev, raw_fc, data, state)
+        if raw_fc & 0x80:  # the exception bit has no meaning in a request
+            ev.detail["raw_function_code"] = raw_fc
+            flags.append(A_INVALID_FC)
+            _opaque(ev, data, {})
+        else:
+            ctx: dict = {}
+            _run(REQUEST_PARSERS.get(fc, _opaque), ev, data, ctx)
+            if state is not None:
+                state.pop(pair_key, None)
+                if len(state) >= MAX_PENDING:
+                    del state[next(iter(state))]
+                ctx["fc"] = fc
+                ctx["op_class"] = ev.op_class
+                state[pair_key] = ctx
     else:
-        _response(ev, raw_fc, data, state)
-    ev.anomalies = list(dict.fromkeys(flags))
+        ctx = state.pop(pair_key, None) if state is not None else None
+        if ctx is not None and ctx.pop("fc") == fc:
+            _apply_request_context(ev, ctx)
+        if raw_fc & 0x80:
+            ev.detail["raw_function_code"] = raw_fc
+            _run(_exception, ev, data, None)
+        else:
+            _run(RESPONSE_PARSERS.get(fc, _opaque), ev, data, None)
+    if len(flags) > 1:
+        ev.anomalies = list(dict.fromkeys(flags))
     return [ev]
-
-
-def _request(ev: Event, raw_fc: int, data: bytes, state: dict | None) -> None:
-    fc = ev.function_code
-    if raw_fc & 0x80:  # the exception bit has no meaning in a request
-        ev.detail["raw_function_code"] = raw_fc
-        ev.anomalies.append(A_INVALID_FC)
-        _opaque(ev, data, {})
-        return
-    ctx: dict = {}
-    _run(REQUEST_PARSERS.get(fc, _opaque), ev, data, ctx)
-    if state is not None:
-        state.pop(ev.pair_key, None)
-        if len(state) >= MAX_PENDING:
-            del state[next(iter(state))]
-        ctx.update(fc=fc, op_class=ev.op_class)
-        state[ev.pair_key] = ctx
-
-
-def _response(ev: Event, raw_fc: int, data: bytes, state: dict | None) -> None:
-    fc = ev.function_code
-    ctx = state.pop(ev.pair_key, None) if state is not None else None
-    if ctx is not None and ctx.pop("fc") == fc:
-        _apply_request_context(ev, ctx)
-    if raw_fc & 0x80:
-        ev.detail["raw_function_code"] = raw_fc
-        _run(_exception, ev, data, {})
-    else:
-        _run(RESPONSE_PARSERS.get(fc, _opaque), ev, data, {})
 
 
 def _exception(ev: Event, data: bytes, ctx: dict) -> None:
@@ -683,7 +728,7 @@ def _exception(ev: Event, data: bytes, ctx: dict) -> None:
     _exact(ev, data, 1)
 
 
-def _run(parse, ev: Event, data: bytes, ctx: dict) -> None:
+def _run(parse, ev: Event, data: bytes, ctx: dict | None) -> None:
     """Run one field parser; a PDU that ends early keeps the fields read so far."""
     try:
         parse(ev, data, ctx)

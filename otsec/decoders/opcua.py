@@ -53,10 +53,10 @@ from otsec.decoders.opcua_encoding import (
     APPLICATION_TYPES, ATTRIBUTES, IDENTITY_TOKENS, MESSAGE_SECURITY_MODES, NODE_CLASSES,
     POLICY_PREFIX, SECURITY_TOKEN_REQUEST_TYPES, SERVICE_OP_CLASS, SERVICES,
     SIGNATURE_LENGTHS, USER_TOKEN_TYPES, Malformed, Truncated, array_count, bytestring,
-    data_value, datetime_iso, expanded_node_id, extension_object, f64, localized_text,
-    node_id, numeric_type_id, qualified_name, skip, skip_array, skip_bytestring,
-    skip_diagnostic_info, skip_extension_object, status_name, status_result, string, u8,
-    u32, variant,
+    data_value, data_value_status, datetime_iso, expanded_node_id, extension_object, f64,
+    localized_text, node_id, numeric_type_id, qualified_name, skip, skip_array,
+    skip_bytestring, skip_diagnostic_info, skip_extension_object, skip_variant, status_name,
+    status_result, string, ticks_iso, u8, u32, variant,
 )
 from otsec.model import Event, Target
 
@@ -66,6 +66,9 @@ UA_PORT = 4840
 # --- framing -----------------------------------------------------------------------
 HEADER_LEN = 8
 _HEADER = struct.Struct("<3scI")
+_FRAME_HEADER = struct.Struct("<3sBI")
+_U32 = struct.Struct("<I")
+_U32X2 = struct.Struct("<II")
 #: Largest chunk framed. Stacks negotiate buffer sizes of 8 KiB-64 KiB (open62541
 #: default 64 KiB); 16 MiB leaves room for big certificates and odd servers while a
 #: garbage size field is still rejected.
@@ -86,6 +89,8 @@ MAX_PARTIAL_MESSAGES = 16       # multi-chunk messages in progress per connectio
 MAX_CHANNELS = 8                # secure channels remembered per connection
 MAX_PENDING_REQUESTS = 256      # request ids awaiting a response
 HEAD_BYTES = 64                 # start of an overflowed message kept to name its service
+MAX_CACHED_CERTIFICATES = 64    # thumbprints remembered (process-wide), emptied when full
+MAX_CACHED_CERTIFICATE_BYTES = 8192   # larger certificates (chains, garbage) are hashed each time
 
 # --- caps on what is copied into an event ----------------------------------------
 MAX_ITEMS = 32                  # node ids / per-item results listed per message
@@ -102,6 +107,9 @@ A_ABORT_CHUNK = "opcua.abort_chunk"                  # sender abandoned a multi-
 A_UNKNOWN_SERVICE = "opcua.unknown_service"          # type id is not a standard service
 A_UNSUPPORTED_VERSION = "opcua.unsupported_version"  # HEL/ACK protocol version is not 0
 A_UNKNOWN_CHANNEL = "opcua.unknown_secure_channel"   # MSG names a channel this connection never opened
+
+#: Certificate bytes -> thumbprint: endpoints and sessions repeat the same few certificates.
+_THUMBPRINTS: dict[bytes, str] = {}
 
 _NONE_POLICY = "None"
 _CLEARTEXT_UNKNOWN = "NoneOrSign"   # readable channel whose OPN was not seen
@@ -196,16 +204,17 @@ def probe(buf: bytes, pos: int) -> bool:
 def frame(buf: bytes, pos: int) -> int:
     """The chunk's declared size; prefixes that already contradict a header are UNFRAMEABLE."""
     avail = len(buf) - pos
+    if avail >= HEADER_LEN:                  # the whole header at hand: one unpack
+        mtype, chunk, size = _FRAME_HEADER.unpack_from(buf, pos)
+        if mtype not in MIN_CHUNK_SIZE or chunk not in CHUNK_TYPES \
+                or not HEADER_LEN <= size <= MAX_CHUNK_SIZE:
+            return UNFRAMEABLE
+        return size if avail >= size else NEED_MORE
     if avail >= 3 and buf[pos:pos + 3] not in MIN_CHUNK_SIZE:
         return UNFRAMEABLE
     if avail >= 4 and buf[pos + 3] not in CHUNK_TYPES:
         return UNFRAMEABLE
-    if avail < HEADER_LEN:
-        return NEED_MORE
-    size = int.from_bytes(buf[pos + 4:pos + 8], "little")
-    if not HEADER_LEN <= size <= MAX_CHUNK_SIZE:
-        return UNFRAMEABLE
-    return size if avail >= size else NEED_MORE
+    return NEED_MORE
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -216,7 +225,19 @@ def _flag(exc: Exception) -> str:
 
 def _thumbprint(cert: bytes) -> str:
     """SHA-1 of the first DER certificate (a sender certificate may be a chain), as
-    OPC UA thumbprints are computed."""
+    OPC UA thumbprints are computed; the few certificates of a network are cached."""
+    if len(cert) > MAX_CACHED_CERTIFICATE_BYTES:
+        return _sha1_thumbprint(cert)
+    thumb = _THUMBPRINTS.get(cert)
+    if thumb is None:
+        thumb = _sha1_thumbprint(cert)
+        if len(_THUMBPRINTS) >= MAX_CACHED_CERTIFICATES:
+            _THUMBPRINTS.clear()
+        _THUMBPRINTS[cert] = thumb
+    return thumb
+
+
+def _sha1_thumbprint(cert: bytes) -> str:
     if len(cert) >= 4 and cert[0] == 0x30:
         if cert[1] == 0x82:
             cert = cert[:4 + int.from_bytes(cert[2:4], "big")]
@@ -298,26 +319,43 @@ def _skip_u32(buf: bytes, off: int) -> int:
     return skip(buf, off, 4)
 
 
-def _skip_variant(buf: bytes, off: int) -> int:
-    return variant(buf, off)[2]
-
-
 def _variant_type(buf: bytes, off: int) -> tuple[str, int]:
     vtype, _, off = variant(buf, off)
     return vtype, off
 
 
 def _data_value_status(buf: bytes, off: int) -> tuple[int, int]:
-    _, code, off = data_value(buf, off)
+    code, off = data_value_status(buf, off)
     return code or 0, off
 
 
 # --- service headers -------------------------------------------------------------------
 
+#: Timestamp and request handle; with the service result for a response header.
+_TICKS_U32 = struct.Struct("<qI")
+_RESPONSE_FIXED = struct.Struct("<qII")
+#: An empty (0) or null (-1) String/array length, and a null ExtensionObject (NodeId
+#: i=0, no body): what nearly every header carries in its optional fields.
+_EMPTY_LENGTHS = (b"\0\0\0\0", b"\xff\xff\xff\xff")
+_NO_EXTENSION = b"\0\0\0"
+#: ReadValueId without IndexRange and DataEncoding (null String, QualifiedName 0:null).
+_NO_RANGE_NO_ENCODING = b"\xff\xff\xff\xff\0\0\xff\xff\xff\xff"
+
 def _request_header(buf: bytes, off: int, ev: Event) -> int:
     """AuthenticationToken, Timestamp, RequestHandle, ReturnDiagnostics, AuditEntryId,
     TimeoutHint, AdditionalHeader."""
-    ev.detail["authentication_token"], off = node_id(buf, off)
+    token, off = node_id(buf, off)
+    detail = ev.detail
+    end = off + 27
+    if end <= len(buf) and buf[off + 16:off + 20] in _EMPTY_LENGTHS \
+            and buf[off + 24:end] == _NO_EXTENSION:
+        # the usual layout: no audit entry id, no additional header
+        ticks, handle = _TICKS_U32.unpack_from(buf, off)
+        detail["authentication_token"] = token
+        detail["timestamp"] = ticks_iso(ticks)
+        detail["request_handle"] = handle
+        return end
+    detail["authentication_token"] = token
     ev.detail["timestamp"], off = datetime_iso(buf, off)
     ev.detail["request_handle"], off = u32(buf, off)
     off = skip(buf, off, 4)
@@ -329,6 +367,18 @@ def _request_header(buf: bytes, off: int, ev: Event) -> int:
 def _response_header(buf: bytes, off: int, ev: Event) -> int:
     """Timestamp, RequestHandle, ServiceResult, ServiceDiagnostics, StringTable,
     AdditionalHeader."""
+    end = off + 24
+    if end <= len(buf) and not buf[off + 16] and buf[off + 17:off + 21] in _EMPTY_LENGTHS \
+            and buf[off + 21:end] == _NO_EXTENSION:
+        # the usual layout: no diagnostics, no string table, no additional header
+        ticks, handle, code = _RESPONSE_FIXED.unpack_from(buf, off)
+        detail = ev.detail
+        detail["timestamp"] = ticks_iso(ticks)
+        detail["request_handle"] = handle
+        ev.result = status_result(code)
+        ev.status = status_name(code)
+        detail["service_result"] = f"0x{code:08X}"
+        return end
     ev.detail["timestamp"], off = datetime_iso(buf, off)
     ev.detail["request_handle"], off = u32(buf, off)
     code, off = u32(buf, off)
@@ -344,12 +394,17 @@ def _response_header(buf: bytes, off: int, ev: Event) -> int:
 
 def _attribute(buf: bytes, off: int, item: dict) -> int:
     attr, off = u32(buf, off)
-    item["attribute"] = ATTRIBUTES.get(attr, str(attr))
+    name = ATTRIBUTES.get(attr)
+    item["attribute"] = name if name is not None else str(attr)
     return off
 
 
 def _read_value_id(buf: bytes, off: int, item: dict) -> int:
     item["node_id"], off = node_id(buf, off)
+    end = off + 14
+    if buf[off + 4:end] == _NO_RANGE_NO_ENCODING:
+        _attribute(buf, off, item)
+        return end
     off = _attribute(buf, off, item)
     off = skip_bytestring(buf, off)                # IndexRange
     return skip_bytestring(buf, skip(buf, off, 2))  # DataEncoding (QualifiedName)
@@ -406,7 +461,7 @@ def _call_result(buf: bytes, off: int) -> tuple[int, int]:
     code, off = u32(buf, off)
     off = skip_array(buf, off, _skip_u32)             # InputArgumentResults
     off = skip_array(buf, off, skip_diagnostic_info)  # InputArgumentDiagnosticInfos
-    return code, skip_array(buf, off, _skip_variant)  # OutputArguments
+    return code, skip_array(buf, off, skip_variant)   # OutputArguments
 
 
 def _call_response(buf: bytes, off: int, ev: Event, state: OpcUaState) -> int:
@@ -770,6 +825,20 @@ BODY_DECODERS: dict[int, Callable[[bytes, int, Event, OpcUaState], int]] = {
 
 # --- message bodies --------------------------------------------------------------------
 
+def _service_info(name: str) -> tuple[str, bool, str, str | None]:
+    """(service name, is a request, function name, op class or None for ServiceFault)."""
+    if name == "ServiceFault":
+        return name, False, name, None
+    if name.endswith("Request"):
+        function = name[:-len("Request")]
+        return name, True, function, SERVICE_OP_CLASS[function]
+    function = name[:-len("Response")]
+    return name, False, function, SERVICE_OP_CLASS[function]
+
+
+#: Everything a service's type id decides, by type id.
+_SERVICE_INFO = {sid: _service_info(name) for sid, name in SERVICES.items()}
+
 def _service_header_ok(body: bytes, ua_client: bool) -> bool:
     """Does a body look like cleartext: a known service type id whose direction matches
     the sender, followed by a parsable request/response header? (mode inference)"""
@@ -794,35 +863,32 @@ def _service_event(body: bytes, ua_client: bool, state: OpcUaState, detail: dict
     except (Truncated, Malformed) as exc:
         return _event("request" if ua_client else "response", "Malformed message", "other",
                       detail, anomalies + [_flag(exc)])
-    name = SERVICES.get(sid) if sid is not None else None
-    if name is None:
+    info = _SERVICE_INFO.get(sid)
+    if info is None:
         return _event("request" if ua_client else "response", "Unknown service", "other",
                       detail, anomalies + [A_UNKNOWN_SERVICE], function_code=sid,
                       pair_key=request_id)
+    name, is_request, function, op_class = info
     detail["service"] = name
-    if name == "ServiceFault":
-        kind, function = "response", name
+    if op_class is None:                   # ServiceFault: the class of what failed
         op_class = state.pending.get(request_id, "other")
-    else:
-        kind = "request" if name.endswith("Request") else "response"
-        function = name[:-len("Request")] if kind == "request" else name[:-len("Response")]
-        op_class = SERVICE_OP_CLASS[function]
-    ev = _event(kind, function, op_class, detail, anomalies, function_code=sid,
-                pair_key=request_id)
-    if kind == "request":
+    ev = Event(PROTOCOL, "request" if is_request else "response", function, op_class, sid,
+               anomalies=anomalies, detail=detail, pair_key=request_id)
+    if is_request:
         _remember_request(state, request_id, op_class)
     else:
         state.pending.pop(request_id, None)
     if not complete:
         return ev
     try:
-        off = (_request_header if kind == "request" else _response_header)(body, off, ev)
+        off = (_request_header if is_request else _response_header)(body, off, ev)
         decode_body = BODY_DECODERS.get(sid)
         if decode_body is not None:
             decode_body(body, off, ev, state)
     except (Truncated, Malformed) as exc:
         ev.anomalies.append(_flag(exc))
-    _item_targets(ev)
+    if "items" in detail:
+        _item_targets(ev)
     return ev
 
 
@@ -857,8 +923,12 @@ def _cleartext_chunk(msg: bytes, chunk: str, ua_client: bool, state: OpcUaState,
                      header_end: int) -> list[Event]:
     """Sequence header, chunk reassembly per request id, then the service message."""
     try:
-        seq, off = u32(msg, header_end)
-        request_id, off = u32(msg, off)
+        if len(msg) >= header_end + 8:
+            seq, request_id = _U32X2.unpack_from(msg, header_end)
+            off = header_end + 8
+        else:
+            seq, off = u32(msg, header_end)
+            request_id, off = u32(msg, off)
     except Truncated:
         return [_event("request" if ua_client else "response", "Malformed message", "other",
                        detail, anomalies + [A_TRUNCATED_BODY])]
@@ -1040,8 +1110,12 @@ def _infer_mode(msg: bytes, chunk: str, ua_client: bool, channel: _Channel) -> b
 def _symmetric(msg: bytes, chunk: str, ua_client: bool, state: OpcUaState, detail: dict,
                anomalies: list[str]) -> list[Event]:
     """MSG and CLO: symmetric security header, then cleartext or encrypted by channel mode."""
-    scid, off = u32(msg, 8)
-    token, off = u32(msg, off)
+    if len(msg) >= 16:
+        scid, token = _U32X2.unpack_from(msg, 8)
+        off = 16
+    else:
+        scid, off = u32(msg, 8)
+        token, off = u32(msg, off)
     detail["secure_channel_id"] = scid
     detail["token_id"] = token
     channel = state.channels.get(scid)
@@ -1063,6 +1137,7 @@ def _symmetric(msg: bytes, chunk: str, ua_client: bool, state: OpcUaState, detai
 
 _HANDLERS = {b"HEL": _hello, b"ACK": _acknowledge, b"ERR": _error, b"RHE": _reverse_hello,
              b"OPN": _open_channel, b"MSG": _symmetric, b"CLO": _symmetric}
+_MESSAGE_TYPE_NAMES = {mtype: mtype.decode("ascii") for mtype in _HANDLERS}
 
 
 def decode(msg: bytes, from_client: bool, state: OpcUaState) -> list[Event]:
@@ -1078,8 +1153,8 @@ def decode(msg: bytes, from_client: bool, state: OpcUaState) -> list[Event]:
         return [_event("request" if ua_client else "response", "Unknown message", "other",
                        {"message_type": mtype.decode("latin-1")}, [A_UNKNOWN_MESSAGE_TYPE])]
     chunk = chr(msg[3])
-    size = int.from_bytes(msg[4:8], "little")
-    detail = {"message_type": mtype.decode("ascii"), "chunk_type": chunk}
+    size = _U32.unpack_from(msg, 4)[0]
+    detail = {"message_type": _MESSAGE_TYPE_NAMES[mtype], "chunk_type": chunk}
     anomalies = []
     if size != len(msg) or size < MIN_CHUNK_SIZE[mtype]:
         anomalies.append(A_INVALID_SIZE)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -39,6 +39,7 @@ _I64 = struct.Struct("<q")
 _F32 = struct.Struct("<f")
 _F64 = struct.Struct("<d")
 _GUID = struct.Struct("<IHH8s")
+_NUMERIC_NODE = struct.Struct("<HI")
 
 #: Nesting allowed for Variant/DataValue/DiagnosticInfo inside each other; real
 #: messages use 2-3 levels, hostile ones could recurse until the stack breaks.
@@ -46,8 +47,18 @@ MAX_NESTING = 8
 #: Strings longer than this are cut in event details (the bytes are still skipped).
 MAX_TEXT = 256
 
-#: A DateTime is 100 ns ticks since 1601-01-01 UTC.
-_EPOCH_1601 = datetime(1601, 1, 1, tzinfo=timezone.utc)
+#: A DateTime is 100 ns ticks since 1601-01-01 UTC (naive: the text gets a "Z" suffix).
+_EPOCH_1601 = datetime(1601, 1, 1)
+_TICKS_PER_SECOND = 10_000_000
+#: Formatted "YYYY-MM-DDTHH:MM:SS" by whole second: messages of one capture share seconds.
+_SECOND_TEXT: dict[int, str] = {}
+#: Formatted NodeIds by their encoded bytes, for the encodings that cost a format call
+#: (string, guid, opaque); session tokens and browsed nodes repeat message after message.
+_NODE_TEXT: dict[bytes, str] = {}
+MAX_CACHED = 4096               # entries per formatting cache (emptied when full)
+MAX_CACHED_NODE_BYTES = 128     # longer encoded NodeIds are formatted every time
+#: "i=<id>" of every two-byte NodeId.
+_TWO_BYTE_IDS = tuple(f"i={i}" for i in range(256))
 
 
 class Truncated(ValueError):
@@ -97,7 +108,10 @@ def skip(buf: bytes, off: int, n: int) -> int:
 
 def _length(buf: bytes, off: int) -> tuple[int, int]:
     """An int32 length prefix: -1 (null) or a count that fits in the remaining bytes."""
-    n, off = i32(buf, off)
+    off += 4
+    if off > len(buf):
+        raise Truncated
+    n = _I32.unpack_from(buf, off - 4)[0]
     if n < -1:
         raise Malformed
     if n > len(buf) - off:
@@ -121,8 +135,19 @@ def string(buf: bytes, off: int) -> tuple[str | None, int]:
 
 
 def skip_bytestring(buf: bytes, off: int) -> int:
-    n, off = _length(buf, off)
-    return off + max(n, 0)
+    """Offset after a String/ByteString, with the checks of :func:`_length`."""
+    end = off + 4
+    if end > len(buf):
+        raise Truncated
+    n = _I32.unpack_from(buf, off)[0]
+    if n <= 0:
+        if n < -1:
+            raise Malformed
+        return end
+    end += n
+    if end > len(buf):
+        raise Truncated
+    return end
 
 
 def array_count(buf: bytes, off: int) -> tuple[int, int]:
@@ -135,14 +160,25 @@ def datetime_iso(buf: bytes, off: int) -> tuple[str | None, int]:
     """DateTime as ISO 8601 UTC; 0 and out-of-range values (spec: 'no time') give None."""
     if off + 8 > len(buf):
         raise Truncated
-    ticks = _I64.unpack_from(buf, off)[0]
+    return ticks_iso(_I64.unpack_from(buf, off)[0]), off + 8
+
+
+def ticks_iso(ticks: int) -> str | None:
+    """The ISO 8601 text of a DateTime's ticks (microsecond precision, like isoformat)."""
     if ticks <= 0:
-        return None, off + 8
-    try:
-        when = _EPOCH_1601 + timedelta(microseconds=ticks // 10)
-    except OverflowError:
-        return None, off + 8
-    return when.isoformat().replace("+00:00", "Z"), off + 8
+        return None
+    seconds, rest = divmod(ticks, _TICKS_PER_SECOND)
+    text = _SECOND_TEXT.get(seconds)
+    if text is None:
+        try:
+            text = (_EPOCH_1601 + timedelta(seconds=seconds)).isoformat()
+        except OverflowError:
+            return None
+        if len(_SECOND_TEXT) >= MAX_CACHED:
+            _SECOND_TEXT.clear()
+        _SECOND_TEXT[seconds] = text
+    micro = rest // 10
+    return f"{text}.{micro:06d}Z" if micro else text + "Z"
 
 
 def guid(buf: bytes, off: int) -> tuple[str, int]:
@@ -192,6 +228,29 @@ def _format(ns: int, ident: object) -> str:
 
 def node_id(buf: bytes, off: int) -> tuple[str, int]:
     """A NodeId formatted the OPC UA way: ``i=2258``, ``ns=2;i=5``, ``ns=1;s=Foo``."""
+    size = len(buf)
+    if off < size:
+        enc = buf[off]
+        if enc == 0x00 and off + 2 <= size:
+            return _TWO_BYTE_IDS[buf[off + 1]], off + 2
+        if enc == 0x01 and off + 4 <= size:
+            ns = buf[off + 1]
+            ident = buf[off + 2] | buf[off + 3] << 8
+            return (f"ns={ns};i={ident}" if ns else f"i={ident}"), off + 4
+        if enc == 0x02 and off + 7 <= size:
+            ns, ident = _NUMERIC_NODE.unpack_from(buf, off + 1)
+            return (f"ns={ns};i={ident}" if ns else f"i={ident}"), off + 7
+        if 0x03 <= enc <= 0x05 and off + 7 <= size:
+            end = off + 19 if enc == 0x04 else off + 7 + _I32.unpack_from(buf, off + 3)[0]
+            if off + 7 <= end <= size and end - off <= MAX_CACHED_NODE_BYTES:
+                raw = buf[off:end]
+                text = _NODE_TEXT.get(raw)
+                if text is None:
+                    text = _format(*node_id_parts(buf, off)[1:3])
+                    if len(_NODE_TEXT) >= MAX_CACHED:
+                        _NODE_TEXT.clear()
+                    _NODE_TEXT[raw] = text
+                return text, end
     enc, ns, ident, off = node_id_parts(buf, off)
     if enc & 0xC0:
         raise Malformed  # expanded-node-id flags are not allowed in a plain NodeId
@@ -215,6 +274,12 @@ def expanded_node_id(buf: bytes, off: int) -> tuple[str, int]:
 def numeric_type_id(buf: bytes, off: int) -> tuple[int | None, int]:
     """The numeric identifier of an ExpandedNodeId in namespace 0 (service and
     ExtensionObject type ids), else None."""
+    if off + 4 <= len(buf):                # the encodings type ids use: two- and four-byte
+        enc = buf[off]
+        if enc == 0x01:
+            return (buf[off + 2] | buf[off + 3] << 8 if buf[off + 1] == 0 else None), off + 4
+        if enc == 0x00:
+            return buf[off + 1], off + 2
     enc, ns, ident, off = node_id_parts(buf, off)
     if enc & 0x80:
         off = skip_bytestring(buf, off)
@@ -254,7 +319,13 @@ def extension_object(buf: bytes, off: int) -> tuple[int | None, bytes | None, in
 
 
 def skip_extension_object(buf: bytes, off: int) -> int:
-    return extension_object(buf, off)[2]
+    off = numeric_type_id(buf, off)[1]
+    enc, off = u8(buf, off)
+    if enc == 0:
+        return off
+    if enc not in (1, 2):
+        raise Malformed
+    return skip_bytestring(buf, off)
 
 
 #: Built-in type ids (§5.1.2) → (name, fixed size or None for variable-length types).
@@ -289,10 +360,39 @@ def _skip_builtin(buf: bytes, off: int, type_id: int, depth: int) -> int:
     if type_id == 22:
         return skip_extension_object(buf, off)
     if type_id == 23:
-        return data_value(buf, off, depth + 1)[2]
+        return data_value_status(buf, off, depth + 1)[1]
     if type_id == 24:
-        return variant(buf, off, depth + 1)[2]
+        return skip_variant(buf, off, depth + 1)
     return skip_diagnostic_info(buf, off, depth + 1)
+
+
+def skip_variant(buf: bytes, off: int, depth: int = 0) -> int:
+    """Offset after a Variant, with the checks of :func:`variant` but no value rendered."""
+    if depth > MAX_NESTING:
+        raise Malformed
+    if off >= len(buf):
+        raise Truncated
+    mask = buf[off]
+    off += 1
+    type_id = mask & 0x3F
+    if type_id == 0:
+        return off
+    info = BUILTIN_TYPES.get(type_id)
+    if info is None:
+        raise Malformed
+    if not mask & 0x80:
+        return _skip_builtin(buf, off, type_id, depth)
+    count, off = array_count(buf, off)
+    size = info[1]
+    if size is not None:
+        off = skip(buf, off, size * count)
+    else:
+        for _ in range(count):
+            off = _skip_builtin(buf, off, type_id, depth)
+    if mask & 0x40:
+        dims, off = array_count(buf, off)
+        off = skip(buf, off, 4 * dims)
+    return off
 
 
 def _scalar_value(buf: bytes, off: int, type_id: int) -> object:
@@ -357,6 +457,27 @@ def data_value(buf: bytes, off: int, depth: int = 0) -> tuple[tuple[str, object]
         else:
             off = skip(buf, off, size)
     return value, status, off
+
+
+#: Bytes of the fixed-size DataValue fields (timestamps, picoseconds) a mask announces.
+_DATA_VALUE_FIXED = tuple(sum(size for bit, size in _DATA_VALUE_FIELDS if size and bit != 0x02
+                              and mask & bit) for mask in range(256))
+
+
+def data_value_status(buf: bytes, off: int, depth: int = 0) -> tuple[int | None, int]:
+    """(status code or None, next offset) of a DataValue whose value is not needed."""
+    if depth > MAX_NESTING:
+        raise Malformed
+    if off >= len(buf):
+        raise Truncated
+    mask = buf[off]
+    off += 1
+    status = None
+    if mask & 0x01:
+        off = skip_variant(buf, off, depth + 1)
+    if mask & 0x02:
+        status, off = u32(buf, off)
+    return status, skip(buf, off, _DATA_VALUE_FIXED[mask])
 
 
 def skip_diagnostic_info(buf: bytes, off: int, depth: int = 0) -> int:

@@ -46,6 +46,10 @@ ROSCTR_USERDATA = 7
 ROSCTR_NAMES = {ROSCTR_JOB: "Job", ROSCTR_ACK: "Ack", ROSCTR_ACK_DATA: "Ack_Data",
                 ROSCTR_USERDATA: "Userdata"}
 _HEADER_LEN = {ROSCTR_JOB: 10, ROSCTR_ACK: 12, ROSCTR_ACK_DATA: 12, ROSCTR_USERDATA: 10}
+#: ROSCTR, PDU reference, parameter length, data length (protocol and redundancy ids skipped).
+_S7_HEADER = struct.Struct(">xBxxHHH")
+#: S7ANY item after the syntax id: transport size, length, DB, area, 24-bit bit address.
+_S7ANY = struct.Struct(">BHHBBH")
 
 #: Header error class -> Wireshark name (``s7comm.header.errcls``).
 ERROR_CLASS_NAMES = {
@@ -243,6 +247,15 @@ MAX_PENDING = 64              # outstanding jobs/userdata requests remembered pe
 MAX_UPLOADS = 16              # upload ids mapped to their block per connection
 MAX_TEXT = 64                 # characters kept from PI arguments and similar strings
 
+# Per-byte lookup tables built once from the name tables above, so that the hot path
+# never formats the fallback text of a code that has a name.
+_SYNTAX_NAMES = tuple(SYNTAX_IDS.get(b, f"0x{b:02x}") for b in range(256))
+_AREA_INFO = tuple(AREAS.get(b, (f"0x{b:02x}", "unknown")) for b in range(256))
+_SIZE_INFO = tuple(TRANSPORT_SIZES.get(b, (f"0x{b:02x}", None)) for b in range(256))
+_RC_NAMES = tuple(RETURN_CODES.get(b, f"Unknown (0x{b:02x})") for b in range(256))
+_UD_TYPE_NAMES = tuple(UD_TYPES.get(t, f"0x{t:x}") for t in range(16))
+_UD_GROUP_NAMES = tuple(UD_GROUPS.get(g, f"0x{g:x}") for g in range(16))
+
 
 @dataclass(slots=True)
 class _Tsdu:
@@ -292,12 +305,15 @@ def probe(buf: bytes, pos: int) -> bool:
 
 def frame(buf: bytes, pos: int) -> int:
     """One TPKT: its declared length (>= 7), NEED_MORE, or UNFRAMEABLE."""
-    length = cotp.tpkt_length(buf, pos)
-    if length < 0:
-        return UNFRAMEABLE
-    if length == 0 or len(buf) - pos < length:
+    avail = len(buf) - pos
+    if avail < cotp.TPKT_HEADER_LEN:
         return NEED_MORE
-    return length
+    if buf[pos] != cotp.TPKT_VERSION or buf[pos + 1]:
+        return UNFRAMEABLE
+    length = (buf[pos + 2] << 8) | buf[pos + 3]
+    if length < cotp.TPKT_MIN_LEN:
+        return UNFRAMEABLE
+    return length if avail >= length else NEED_MORE
 
 
 # --------------------------------------------------------------------------- COTP
@@ -317,12 +333,15 @@ def _cotp_event(function: str, kind: str, anomalies: list[str] | None = None,
 
 
 def _decode_tpkt(msg: bytes, from_client: bool, state: S7State) -> list[Event]:
-    if len(msg) < cotp.TPKT_MIN_LEN or cotp.tpkt_length(msg, 0) != len(msg):
+    size = len(msg)
+    # a whole TPKT: version 3, reserved 0, declared length == message length (>= 7)
+    if size < cotp.TPKT_MIN_LEN or msg[0] != cotp.TPKT_VERSION or msg[1] \
+            or (msg[2] << 8 | msg[3]) != size:
         return [_cotp_event("Malformed TPDU", "notification", ["cotp.invalid_tpkt_length"])]
     li = msg[4]
-    if li < 2 or 5 + li > len(msg):
+    if li < 2 or 5 + li > size:
         return [_cotp_event("Malformed TPDU", "notification", ["cotp.invalid_length_indicator"])]
-    code = cotp.tpdu_code(msg[5])
+    code = msg[5] & 0xF0
     if code == cotp.COTP_DT:
         return _decode_dt(msg, li, from_client, state)
     if code in (cotp.COTP_CR, cotp.COTP_CC):
@@ -372,8 +391,8 @@ def _decode_connect(msg: bytes, li: int, code: int) -> Event:
 
 def _decode_dt(msg: bytes, li: int, from_client: bool, state: S7State) -> list[Event]:
     payload = msg[5 + li:]
-    eot = bool(msg[6] & cotp.DT_EOT)
-    pending = state.tsdu.get(from_client)
+    eot = msg[6] & cotp.DT_EOT
+    pending = state.tsdu.get(from_client) if state.tsdu else None
     if not eot:
         if pending is None:
             pending = state.tsdu[from_client] = _Tsdu()
@@ -401,16 +420,13 @@ def _decode_dt(msg: bytes, li: int, from_client: bool, state: S7State) -> list[E
 # --------------------------------------------------------------------------- S7comm
 
 def _decode_s7(p: bytes, from_client: bool, state: S7State) -> Event:
-    ev = Event(protocol="s7comm", kind="notification", function="Truncated PDU", op_class="other")
     if len(p) < 10:
-        ev.anomalies.append("s7comm.truncated_pdu")
-        return ev
-    rosctr = p[1]
-    pdu_ref = int.from_bytes(p[4:6], "big")
-    plen = int.from_bytes(p[6:8], "big")
-    dlen = int.from_bytes(p[8:10], "big")
-    ev.detail.update({"rosctr": rosctr, "rosctr_name": ROSCTR_NAMES.get(rosctr, "unknown"),
-                      "pdu_ref": pdu_ref, "param_length": plen, "data_length": dlen})
+        return Event(protocol="s7comm", kind="notification", function="Truncated PDU",
+                     op_class="other", anomalies=["s7comm.truncated_pdu"])
+    rosctr, pdu_ref, plen, dlen = _S7_HEADER.unpack_from(p)
+    ev = Event(protocol="s7comm", kind="notification", function="Truncated PDU", op_class="other",
+               detail={"rosctr": rosctr, "rosctr_name": ROSCTR_NAMES.get(rosctr, "unknown"),
+                       "pdu_ref": pdu_ref, "param_length": plen, "data_length": dlen})
     hlen = _HEADER_LEN.get(rosctr)
     if hlen is None:
         ev.function = f"Unknown ROSCTR 0x{rosctr:02x}"
@@ -443,9 +459,12 @@ def _decode_job(ev: Event, param: bytes, data: bytes, key: tuple, state: S7State
     ev.pair_key = ("s7comm",) + key
     func = param[0]
     ev.function_code = func
-    ev.function, ev.op_class = JOB_FUNCTIONS.get(func, (f"Unknown function 0x{func:02x}", "other"))
-    if func not in JOB_FUNCTIONS:
+    known = JOB_FUNCTIONS.get(func)
+    if known is None:
+        ev.function, ev.op_class = f"Unknown function 0x{func:02x}", "other"
         ev.anomalies.append("s7comm.unknown_function")
+    else:
+        ev.function, ev.op_class = known
     try:
         _job_parameters(ev, func, param, data, state)
     finally:
@@ -497,7 +516,7 @@ def _param_items(param: bytes, count: int, ev: Event) -> list[dict]:
         if ilen < 1 or end > len(param):
             raise IndexError("item runs past the parameter part")
         syntax = param[pos + 2]
-        item: dict = {"syntax_id": SYNTAX_IDS.get(syntax, f"0x{syntax:02x}")}
+        item: dict = {"syntax_id": _SYNTAX_NAMES[syntax]}
         if spec != ITEM_VAR_SPEC:
             ev.anomalies.append("s7comm.unknown_item_spec")
         if syntax == SYNTAX_S7ANY and ilen >= 10:
@@ -511,10 +530,10 @@ def _param_items(param: bytes, count: int, ev: Event) -> list[dict]:
 
 
 def _s7any_item(param: bytes, at: int, item: dict, ev: Event) -> None:
-    tsize, length, db, area = struct.unpack_from(">BHHB", param, at)
-    address = int.from_bytes(param[at + 6:at + 9], "big")
-    short, area_name = AREAS.get(area, (f"0x{area:02x}", "unknown"))
-    size_name, unit = TRANSPORT_SIZES.get(tsize, (f"0x{tsize:02x}", None))
+    tsize, length, db, area, addr_hi, addr_lo = _S7ANY.unpack_from(param, at)
+    address = addr_hi << 16 | addr_lo
+    short, area_name = _AREA_INFO[area]
+    size_name, unit = _SIZE_INFO[tsize]
     if area in _NUMBERED_AREAS:
         start, bit = address, None
         count = length
@@ -608,7 +627,8 @@ def _decode_ack(ev: Event, p: bytes, param: bytes, data: bytes, key: tuple,
     if func is None:
         ev.function, ev.op_class = "Ack", "other"
     else:
-        ev.function, ev.op_class = JOB_FUNCTIONS.get(func, (f"Unknown function 0x{func:02x}", "other"))
+        known = JOB_FUNCTIONS.get(func)
+        ev.function, ev.op_class = known if known else (f"Unknown function 0x{func:02x}", "other")
     if request is not None and request[0] == func:
         ev.op_class = request[2]
         ev.targets = list(request[3])
@@ -644,7 +664,7 @@ def _error_status(err_class: int, err_code: int) -> str:
 
 
 def _item_results(ev: Event, codes: list[int]) -> None:
-    names = [RETURN_CODES.get(rc, f"Unknown (0x{rc:02x})") for rc in codes]
+    names = [_RC_NAMES[rc] for rc in codes]
     ev.detail["item_return_codes"] = names[:MAX_DETAIL_ITEMS]
     failed = [f"{RETURN_CODES.get(rc, 'Unknown')} (0x{rc:02x})" for rc in codes if rc != RC_SUCCESS]
     if failed:
@@ -659,22 +679,26 @@ def _decode_userdata(ev: Event, param: bytes, data: bytes, from_client: bool, pd
     plen = param[3]
     ud_type, group, sub, seq = param[5] >> 4, param[5] & 0x0F, param[6], param[7]
     ev.kind = _UD_KIND.get(ud_type, "notification")
-    ev.detail.update({"type": UD_TYPES.get(ud_type, f"0x{ud_type:x}"), "funcgroup": group,
-                      "group_name": UD_GROUPS.get(group, f"0x{group:x}"), "sequence": seq})
+    detail = ev.detail
+    detail["type"] = _UD_TYPE_NAMES[ud_type]
+    detail["funcgroup"] = group
+    detail["group_name"] = _UD_GROUP_NAMES[group]
+    detail["sequence"] = seq
     ev.function_code = group << 8 | sub
     if group == UD_GROUP_MODE_TRANSITION:
         ev.function, ev.op_class = UD_GROUPS[group], "diagnostic"
-        ev.detail["mode"] = MODE_NAMES.get(sub, sub)
+        detail["mode"] = MODE_NAMES.get(sub, sub)
     else:
-        ev.detail["subfunc"] = sub
-        ev.function, ev.op_class = UD_SUBFUNCTIONS.get(group, {}).get(
-            sub, (f"{UD_GROUPS.get(group, f'Group 0x{group:x}')} subfunction {sub}", "other"))
+        detail["subfunc"] = sub
+        known = UD_SUBFUNCTIONS.get(group, {}).get(sub)
+        ev.function, ev.op_class = known if known else (
+            f"{UD_GROUPS.get(group, f'Group 0x{group:x}')} subfunction {sub}", "other")
     if ev.kind == "notification":
         return
     requester_is_client = from_client if ev.kind == "request" else not from_client
     ev.pair_key = ("s7comm-ud", requester_is_client, pdu_ref, group, sub)
     rc = data[0] if data else None
-    payload = data[4:4 + int.from_bytes(data[2:4], "big")] if len(data) >= 4 else b""
+    payload = data[4:4 + (data[2] << 8 | data[3])] if len(data) >= 4 else b""
     if ev.kind == "request":
         _ud_request(ev, group, sub, payload, state)
     else:
@@ -719,14 +743,15 @@ def _szl_response(ev: Event, payload: bytes) -> None:
     ev.detail.update({"szl_id": szl_id, "szl_index": index, "record_count": count})
     if not ev.targets:
         ev.targets.append(Target(kind="szl", name=f"0x{szl_id:04x}", start=index))
-    identity: dict[str, str] = {}
-    records = [payload[8 + i * rec_len:8 + (i + 1) * rec_len]
-               for i in range(min(count, MAX_DETAIL_ITEMS)) if rec_len]
     part = szl_id & 0xFF
-    for rec in records:
-        if len(rec) < rec_len or rec_len < 2:
+    if part not in _IDENTIFY_SZL or rec_len < 2:
+        return                              # only these lists carry identity records
+    identity: dict[str, str] = {}
+    for i in range(min(count, MAX_DETAIL_ITEMS)):
+        rec = payload[8 + i * rec_len:8 + (i + 1) * rec_len]
+        if len(rec) < rec_len:
             break
-        rindex = int.from_bytes(rec[0:2], "big")
+        rindex = rec[0] << 8 | rec[1]
         if part == SZL_MODULE_ID and rec_len == SZL_0011_RECORD_LEN:
             if rindex == SZL_0011_ORDER_NUMBER:
                 identity["order_number"] = _text(rec[2:22])

@@ -27,6 +27,7 @@ Variable-length quantities (VLQ) use 7 bits per byte, high bit = more bytes foll
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 from otsec.model import Event, Target
@@ -96,6 +97,9 @@ CPU_STATE_REQUEST_NAMES = {1: "STOP", 3: "RUN"}
 _CLASS_OP = {CLASS_SERVER_SESSION: "session", CLASS_SUBSCRIPTION: "read"}
 ITEM_START_OBJECT = 0xA1
 
+#: Operation header after opcode and 2 reserved bytes: function, 2 reserved, sequence.
+_OPERATION = struct.Struct(">HxxH")
+
 MAX_CONTINUATION_FRAGMENTS = 1024    # per PDU; the corpus peaks at a few dozen
 MAX_TRACKED_OBJECTS = 256            # created-object ids remembered per connection
 MAX_PENDING_CREATES = 64             # CreateObject requests awaiting their response
@@ -152,7 +156,7 @@ def decode_plus(tsdu: bytes, from_client: bool, st: PlusState) -> list[Event]:
     ptype = tsdu[1] if len(tsdu) > 1 else None
     if len(tsdu) < HEADER_LEN:
         return [_event("Truncated PDU", "other", "notification", ptype, ["s7comm-plus.truncated_pdu"])]
-    dlen = int.from_bytes(tsdu[2:4], "big")
+    dlen = tsdu[2] << 8 | tsdu[3]
     if ptype == PDU_KEEPALIVE:
         return [_event("Keep Alive", "session", "notification", ptype)]
     if ptype not in _FRAMED_TYPES:
@@ -162,7 +166,7 @@ def decode_plus(tsdu: bytes, from_client: bool, st: PlusState) -> list[Event]:
         ev.detail["data_length"] = dlen
         return [ev]
     has_trailer = len(tsdu) > dlen + HEADER_LEN
-    pending = st.pending.get(from_client)
+    pending = st.pending.get(from_client) if st.pending else None
     if pending is not None:
         pending.continuations += 1
         if has_trailer or pending.continuations >= MAX_CONTINUATION_FRAGMENTS:
@@ -203,22 +207,26 @@ def _decode_pdu(b: bytes, ptype: int, dlen: int, from_client: bool, st: PlusStat
         ev = _event("Notification", "read", kind, ptype)
     else:
         ev = _decode_operation(b, off, opcode, kind, ptype, st)
-    ev.detail.update({"opcode": opcode, "opcode_name": OPCODE_NAMES.get(opcode, "unknown"),
-                      "data_length": dlen})
+    detail = ev.detail
+    detail["opcode"] = opcode
+    detail["opcode_name"] = OPCODE_NAMES.get(opcode, "unknown")
+    detail["data_length"] = dlen
     if integrity:
-        ev.detail["integrity"] = True
+        detail["integrity"] = True
     return ev
 
 
 def _decode_operation(b: bytes, off: int, opcode: int, kind: str, ptype: int,
                       st: PlusState) -> Event:
-    function = int.from_bytes(b[off + 3:off + 5], "big")
     if off + 9 > len(b):
         raise IndexError("operation header cut")
-    seq = int.from_bytes(b[off + 7:off + 9], "big")
-    name, op_class = FUNCTIONS.get(function, (f"Unknown function 0x{function:04x}", "other"))
-    ev = _event(name, op_class, kind, ptype,
-                [] if function in FUNCTIONS else ["s7comm-plus.unknown_function"])
+    function, seq = _OPERATION.unpack_from(b, off + 3)
+    known = FUNCTIONS.get(function)
+    if known is None:
+        ev = _event(f"Unknown function 0x{function:04x}", "other", kind, ptype,
+                    ["s7comm-plus.unknown_function"])
+    else:
+        ev = _event(known[0], known[1], kind, ptype, [])
     ev.function_code = function
     ev.pair_key = ("s7comm-plus", seq)
     ev.detail["sequence"] = seq
