@@ -46,13 +46,31 @@ def build_capture(packets: int) -> Path:
 
 
 def bench_policy(capture: Path) -> Path:
-    """A policy for the generator's zone table, so `otsec check` can be measured too."""
+    """A policy for the generator's zone table, so `otsec check` is measured on a plant
+    whose normal traffic is allowed: SCADA clients may use the OT protocols towards every
+    cell, office clients the IT services of the server zone; the generator's planted
+    violations (about 2 % of connections) remain findings."""
     meta = json.loads(Path(str(capture) + ".json").read_text())
+    levels = {"it_client": 4, "it_server": 4, "ot_client": 3, "ot_server": 1}
     lines = ["zones:"]
-    for i, zone in enumerate(meta["zones"]):
-        level = {"it_client": 4, "it_server": 4, "ot_client": 3, "ot_server": 1}.get(zone["role"], 2)
-        lines += [f"  - name: {zone['zone']}", f"    level: {level}", "    cidrs:"]
+    for zone in meta["zones"]:
+        lines += [f"  - name: {zone['zone']}", f"    level: {levels.get(zone['role'], 2)}", "    cidrs:"]
         lines += [f"      - {net}" for net in zone["subnets"]]
+    by_role: dict[str, list[str]] = {}
+    for zone in meta["zones"]:
+        by_role.setdefault(zone["role"], []).append(zone["zone"])
+    ot_rules = ["modbus:502", "s7comm:102", "opcua:4840"]
+    it_rules = ["https:443", "http:80", "dns:53", "smb:445"]
+    lines.append("conduits:")
+    for clients, servers, rules in ((by_role.get("ot_client", []), by_role.get("ot_server", []), ot_rules),
+                                    (by_role.get("it_client", []), by_role.get("it_server", []), it_rules)):
+        for client in clients:
+            for server in servers:
+                lines += [f"  - name: {client}-to-{server}", f"    zones: [{client}, {server}]",
+                          f"    initiator: {client}", "    allow:"]
+                for rule in rules:
+                    proto, port = rule.split(":")
+                    lines += [f"      - protocol: {proto}", f"        ports: [{port}]"]
     path = OUT / "bench-policy.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -111,9 +129,11 @@ def otsec_operation_counts(capture: Path) -> dict[str, int]:
 
 
 #: Where otsec and tshark legitimately disagree on the benchmark capture, as a fraction of
-#: tshark's count: retransmitted bytes tshark does not re-dissect, PDUs tshark skips after
-#: stray bytes, and OPC UA chunks (tshark) versus reassembled messages (otsec).
-COUNT_TOLERANCE = {"modbus": 0.01, "s7comm": 0.01, "opcua": 0.05}
+#: tshark's count. The generator replays the corpus captures, so their documented
+#: differences (tests/test_*_corpus.py) repeat with every copy: Modbus ADUs after stray
+#: bytes that tshark skips and bytes only a retransmission carried; OPC UA messages whose
+#: bytes only a spurious retransmission carried (opcua_with-gap). S7comm agrees exactly.
+COUNT_TOLERANCE = {"modbus": 0.001, "s7comm": 0.0, "opcua": 0.002}
 
 
 def main() -> int:
@@ -151,7 +171,7 @@ def main() -> int:
                 ok = abs(ours[proto] - theirs[proto]) <= tol
                 failed |= not ok
                 print(f"counts {proto:7s} otsec {ours[proto]:8d} tshark {theirs[proto]:8d} "
-                      f"{'ok' if ok else 'DIFFERENT'} (tolerance {COUNT_TOLERANCE[proto]:.0%})")
+                      f"{'ok' if ok else 'DIFFERENT'} (tolerance {COUNT_TOLERANCE[proto]:.1%})")
     return 1 if failed else 0
 
 

@@ -35,9 +35,13 @@ class EngineConfig:
     decoders: tuple[Decoder, ...] = BUILTIN
     #: Server ports per decoder name, overriding each decoder's defaults (e.g. {"modbus": (502, 5020)}).
     ports: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    max_flows: int = 100_000
-    tcp_idle_timeout: float = 3600.0
-    udp_idle_timeout: float = 120.0
+    #: Connections tracked at once. Beyond it the least recently active are retired
+    #: (counted as evicted); about 3 KB each, so the default bounds the table near 30 MB.
+    max_flows: int = 10_000
+    #: Seconds without a packet before a connection is retired (Zeek's TCP inactivity
+    #: timeout is 5 minutes; industrial polling is far more frequent than that).
+    tcp_idle_timeout: float = 300.0
+    udp_idle_timeout: float = 60.0
     #: (index, count): decode only the connections of this shard (set by analyze(jobs=N)).
     shard: tuple[int, int] | None = None
 

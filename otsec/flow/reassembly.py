@@ -40,7 +40,7 @@ class Stream:
 
     def __init__(self) -> None:
         self.next_seq: int | None = None   # next byte expected; None until the first segment/SYN
-        self.queue: dict[int, bytes] = {}  # out-of-order segments by sequence number
+        self.queue: dict[int, bytes] | None = None  # out-of-order segments by seq (made when needed)
         self.queued_bytes = 0
         self.gaps = 0
         self.gap_bytes = 0
@@ -101,6 +101,8 @@ class Stream:
         return out
 
     def _enqueue(self, seq: int, data: bytes) -> None:
+        if self.queue is None:
+            self.queue = {}
         held = self.queue.get(seq)
         if held is not None:
             if len(held) >= len(data):

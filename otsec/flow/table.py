@@ -89,7 +89,7 @@ class FlowTable:
     def __init__(self, decoders: tuple[Decoder, ...], ports: dict[str, tuple[int, ...]],
                  on_event: Callable[[Event], None], on_flow: Callable[[Flow], None],
                  health: Health, *, max_flows: int = 100_000, tcp_idle: float = 3600.0,
-                 udp_idle: float = 120.0, closed_linger: float = 30.0):
+                 udp_idle: float = 120.0, closed_linger: float = 5.0):
         self.decoders = decoders
         self.by_port: dict[int, list[Decoder]] = {}
         self.ports_of: dict[str, frozenset[int]] = {}

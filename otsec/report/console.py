@@ -16,6 +16,8 @@ from rich.text import Text
 IDENTITY_SHOWN = frozenset({"vendor", "product_code", "product", "revision", "order_number",
                             "module", "module_type", "firmware", "serial_number", "plant_id",
                             "application_name", "application_uri"})
+#: Rows of the communication table in the terminal; the JSON summary has every pair.
+MAX_PAIRS_SHOWN = 100
 OP_ORDER = ("read", "write", "program", "control", "diagnostic", "identify", "session", "other")
 
 
@@ -53,9 +55,13 @@ def render_summary(summary: dict, console: Console) -> None:
     console.print(hosts)
 
     talks = _table("Who talks to whom", "source", "destination", "protocol", "requests", "operations")
-    for t in s["communications"]:
+    pairs = s["communications"]
+    busiest = {id(t) for t in sorted(pairs, key=lambda t: -t["requests"])[:MAX_PAIRS_SHOWN]}
+    for t in (t for t in pairs if id(t) in busiest):
         ops = ", ".join(f"{op} {t['operations'][op]}" for op in OP_ORDER if op in t["operations"])
         add_plain_row(talks, t["src"], t["dst"], t["protocol"], t["requests"], ops)
+    if len(pairs) > len(busiest):
+        talks.caption = f"the {MAX_PAIRS_SHOWN} busiest of {len(pairs)} pairs; --format json lists all"
     console.print(talks)
 
     for proto, rows in s["functions"].items():

@@ -1,0 +1,25 @@
+"""CI smoke run of the benchmark: it runs end to end on a 200k-packet capture, and otsec's
+decoded-operation counts equal tshark's within the documented differences. Speed is
+measured by bench/run.py, never asserted here."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_BENCH = ROOT.parent / "shared" / "bench"
+
+
+@pytest.mark.skipif(not (SHARED_BENCH / "make_bench_pcap.py").exists(),
+                    reason=f"shared benchmark generator not found at {SHARED_BENCH}")
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed (scripts/install-system-deps.sh)")
+def test_benchmark_runs_and_counts_match_tshark():
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--packets", "200000",
+                        "--rounds", "1", "--check-counts"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for tool in ("otsec analyze", "otsec check", "tshark -T fields", "dpkt decode loop"):
+        assert tool in r.stdout
+    assert r.stdout.count(" ok (tolerance") == 3, r.stdout
