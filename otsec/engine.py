@@ -124,6 +124,15 @@ class Engine:
             source.update(packets=reader.packets, first_ts=first_ts,
                           last_ts=self.last_ts if first_ts is not None else None, error=reader.error)
 
+    def sweep(self, now: float) -> None:
+        """Retire connections idle at ``now`` (a live source calls this on a quiet link,
+        where no packet arrives to advance time)."""
+        self.table.tick(self.table.clock[1], now)
+
+    def open_flows(self) -> list[Flow]:
+        """The connections being tracked now, as their (still growing) flow records."""
+        return [st.flow for st in self.table.states.values()]
+
     def finish(self) -> dict:
         """End of input: report every open connection and return the run's statistics."""
         self.table.finish()

@@ -20,6 +20,7 @@ from otsec import __version__
 from otsec.analysis.inventory import Summary
 from otsec.cli.check import baseline_app, check, policy_app
 from otsec.cli.report import report
+from otsec.cli.sensor import sensor
 from otsec.cli.common import check_inputs, err, fail, parse_ports, report_damage, run_engine
 from otsec.engine import EngineConfig
 from otsec.report.console import render_summary
@@ -110,6 +111,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(baseline_app, name="baseline")
 app.command("check")(check)
 app.command("report")(report)
+app.command("sensor")(sensor)
 
 
 def run() -> None:

@@ -73,15 +73,21 @@ def _routable_external(ip: str) -> bool:
 class Checker:
     """Streaming detections; call :meth:`on_event`/:meth:`on_flow`, then :meth:`finish`."""
 
-    def __init__(self, policy: Policy, baseline: Baseline | None = None):
+    def __init__(self, policy: Policy, baseline: Baseline | None = None,
+                 aggregator: Aggregator | None = None):
         self.policy = policy
         self.rules = policy.rules
         self.baseline = baseline
-        self.agg = Aggregator()
+        self.agg = aggregator if aggregator is not None else Aggregator()
         self.capture: str | None = None   # capture file of the item being checked (evidence)
         self._fc_sweeps: dict[tuple, dict] = {}
         self._unit_sweeps: dict[tuple, dict] = {}
         self.sweep_pairs_dropped = 0
+
+    def set_policy(self, policy: Policy) -> None:
+        """Judge what comes next against a new policy (the sensor's reload on SIGHUP)."""
+        self.policy = policy
+        self.rules = policy.rules
 
     # --- helpers ----------------------------------------------------------------------
     def _ep(self, ip: str, mac: str | None = None) -> tuple[Located, Endpoint]:

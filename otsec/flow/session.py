@@ -14,7 +14,7 @@ lives here, once, for every protocol:
 
 from __future__ import annotations
 
-from otsec.decoders.base import NEED_MORE, UNFRAMEABLE, Decoder
+from otsec.decoders.base import NEED_MORE, Decoder
 from otsec.model import Event
 
 #: Bytes of an unfinished message kept per direction before giving up on it (an OPC UA

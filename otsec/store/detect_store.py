@@ -119,11 +119,11 @@ def save_findings(db: sqlite_utils.Database, findings: list[Finding], policy: st
             "findings": sum(1 for f in findings if f.suppressed is None),
             "suppressed": sum(1 for f in findings if f.suppressed is not None),
         }).last_pk
-        db["findings"].insert_all(_finding_row(run_id, i, f) for i, f in enumerate(findings, 1))
+        db["findings"].insert_all(finding_row(run_id, i, f) for i, f in enumerate(findings, 1))
     return run_id
 
 
-def _finding_row(run_id: int, seq: int, f: Finding) -> dict:
+def finding_row(run_id: int, seq: int, f: Finding) -> dict:
     d = f.to_dict()
     ev = d["evidence"]
     dst = d["dst"] or {}

@@ -1,0 +1,440 @@
+"""The sensor's run loop: source → Engine → Checker (+ Learner) → SQLite, JSON lines, syslog.
+
+One pass of the loop::
+
+    poll the source (at most BATCH packets, at most POLL_TIMEOUT s when idle)
+      └─ each packet: evidence ring, then Engine.feed → on_event/on_flow → Checker/Learner
+    learning period over?   → save the baseline, give it to the Checker, log the switch
+    SIGHUP seen?            → reload the policy (an invalid file keeps the old one)
+    every FLUSH_INTERVAL s  → new/changed findings to SQLite (one transaction) and the outputs
+    every stats interval    → a stats row and the status line
+    SIGTERM/SIGINT          → close the source, end every flow, final flush, exit 0
+
+The Checker aggregates findings for a whole run; the sensor swaps its aggregator for
+:class:`TrackingAggregator`, which remembers which findings changed, so a finding is
+stored and sent while the sensor runs instead of at exit. JSON/syslog get a finding when it
+is new, and again ("update") when its count grew, at most once per ``update_interval``
+and always once more at shutdown, so the last record of a finding carries its final count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import signal
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from otsec.detect.baseline import Learner
+from otsec.detect.checker import Checker
+from otsec.detect.findings import Aggregator, Finding, suppression_for
+from otsec.engine import Engine, EngineConfig
+from otsec.policy.loader import PolicyError, load_policy
+from otsec.sensor.evidence import EvidenceRecorder
+from otsec.sensor.outputs import JsonLinesOutput, SyslogOutput
+from otsec.sensor.sources import LiveSource, PcapDirSource
+from otsec.sensor.status import decode_errors
+from otsec.sensor.store import SensorStore, get_state, set_state
+from otsec.store import detect_store
+from otsec.store.db import open_db
+
+#: Packets handed over by the source per poll, and the longest wait when it has none:
+#: together they bound how late a flush, a stats row or a signal is handled.
+BATCH = 512
+POLL_TIMEOUT = 0.25
+FLUSH_INTERVAL = 1.0
+#: While learning, the learned baseline is merged into SQLite this often (seconds), so a
+#: crash loses at most this much learning.
+BASELINE_CHECKPOINT = 600.0
+MODES = ("learn", "detect")
+STATE_LEARN_STARTED = "learn_started_ts"
+STATE_LEARN_FINISHED = "learn_finished_ts"
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``12h``, ``7d``, ``2w`` -> seconds."""
+    text = text.strip().lower()
+    unit = text[-1:] if text[-1:] in _DURATION_UNITS else ""
+    number = text[: len(text) - len(unit)] if unit else text
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r}: expected a duration like 30m, 12h or 7d") from None
+    if not unit or value <= 0:
+        raise ValueError(f"{text!r}: expected a positive duration with a unit (s, m, h, d, w)")
+    return value * _DURATION_UNITS[unit]
+
+
+@dataclass
+class SensorConfig:
+    policy: Path
+    db: Path
+    interface: str | None = None
+    pcap_dir: Path | None = None
+    bpf: str | None = None
+    snaplen: int = 262144
+    promisc: bool = True
+    buffer_mb: int = 64
+    mode: str = "detect"
+    learn_seconds: float | None = None
+    json_path: Path | None = None
+    syslog: str | None = None
+    syslog_facility: str = "local4"
+    syslog_format: str = "rfc5424"
+    evidence_dir: Path | None = None
+    evidence_max_bytes: int = 1024 * 1024 * 1024
+    evidence_per_finding_bytes: int = 16 * 1024 * 1024
+    stats_interval: float = 60.0
+    update_interval: float = 300.0
+    settle: float = 10.0
+    retry_first: float = 1.0
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+class TrackingAggregator(Aggregator):
+    """The Checker's aggregator, also noting which findings changed since the last look."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dirty: dict[tuple, Finding] = {}
+
+    def add(self, rule_id, src, dst, protocol, port, explanation, ts, packet, capture,
+            samples=None, extra=None, count=1):
+        f = super().add(rule_id, src, dst, protocol, port, explanation, ts, packet, capture,
+                        samples, extra, count)
+        if f is not None:
+            self.dirty[(rule_id, src.ip, dst.ip if dst else None, protocol, port, extra)] = f
+        return f
+
+    def take(self) -> dict[tuple, Finding]:
+        dirty, self.dirty = self.dirty, {}
+        return dirty
+
+
+@dataclass(slots=True)
+class _Emitted:
+    seq: int
+    evidence: str | None
+    count: int          # count in the last JSON/syslog record
+    at: float           # monotonic time of that record
+
+
+class Sensor:
+    """A configured sensor; :meth:`run` until SIGTERM/SIGINT (or :meth:`stop`)."""
+
+    def __init__(self, cfg: SensorConfig, log: logging.Logger | None = None, view=None):
+        if (cfg.interface is None) == (cfg.pcap_dir is None):
+            raise ValueError("give exactly one source: an interface or a pcap directory")
+        if cfg.mode not in MODES:
+            raise ValueError(f"mode {cfg.mode!r}: expected learn or detect")
+        self.cfg = cfg
+        self.log = log or logging.getLogger("otsec.sensor")
+        self.view = view
+        self.policy = load_policy(cfg.policy)        # PolicyError: the caller reports it
+        self.db = open_db(cfg.db)
+        self.outputs: list = []
+        if cfg.json_path is not None:
+            self.outputs.append(JsonLinesOutput(cfg.json_path))
+        self.syslog = None
+        if cfg.syslog:
+            self.syslog = SyslogOutput(cfg.syslog, cfg.syslog_facility, cfg.syslog_format, self.log)
+        self.evidence = None
+        if cfg.evidence_dir is not None:
+            self.evidence = EvidenceRecorder(cfg.evidence_dir, cfg.evidence_max_bytes,
+                                             cfg.evidence_per_finding_bytes, self.log)
+        source_name = cfg.interface or str(cfg.pcap_dir)
+        self.learning, stored = self._initial_mode()
+        self.agg = TrackingAggregator()
+        self.checker = Checker(self.policy, None if self.learning else stored, self.agg)
+        self.learner = Learner(self.policy) if self.learning else None
+        self.engine = Engine(cfg.engine, self._on_event, self._on_flow)
+        self._feed_packet = self._feed_with_evidence if self.evidence else self.engine.feed
+        timed = self.learning and cfg.learn_seconds is not None
+        self.feed = self._feed_learning if timed else self._feed_packet
+        self.store = SensorStore(self.db, source_name, "learn" if self.learning else "detect",
+                                 str(cfg.policy), str(cfg.db) if stored else None)
+        if cfg.interface is not None:
+            self.source = LiveSource(cfg.interface, cfg.snaplen, cfg.promisc, cfg.bpf,
+                                     cfg.buffer_mb, self.log, cfg.retry_first)
+        else:
+            self.source = PcapDirSource(cfg.pcap_dir, self.store, cfg.settle, self.log)
+        self.live = cfg.interface is not None
+        self.events = 0
+        self.emitted: dict[tuple, _Emitted] = {}
+        self.held: set[tuple] = set()            # findings with an update not yet sent
+        self.new_in_interval = 0
+        self.stop_reason: str | None = None
+        self.reload_requested = False
+        self.learn_deadline: float | None = None
+        self._unsaved_findings: dict[int, tuple] = {}
+        self._unsaved_stats: list[dict] = []
+        self._unsaved_files: dict[str, dict] = {}
+        self._db_failing = False
+        self._last_stats = time.monotonic()
+
+    # --- modes ---------------------------------------------------------------------------
+    def _initial_mode(self):
+        """(learning?, stored baseline or None), from the options and what the DB remembers."""
+        stored = detect_store.load_baseline(self.db)
+        has = stored if (stored.entries or stored.devices) else None
+        size = f"{len(stored.entries)} communications, {len(stored.devices)} devices"
+        cfg = self.cfg
+        finished = get_state(self.db, STATE_LEARN_FINISHED)
+        if cfg.mode == "learn":
+            self.log.info("mode: learning until stopped (policy checks active); stored baseline: %s", size)
+            return True, has
+        if cfg.learn_seconds is not None and finished is None:
+            self.log.info("mode: learning for %s of capture time, then detecting (policy checks "
+                          "active from the first packet); stored baseline: %s",
+                          _human(cfg.learn_seconds), size)
+            return True, has
+        if cfg.learn_seconds is not None:
+            self.log.info("learning period already ended at %s; detecting", _utc(float(finished)))
+        self.log.info("mode: detecting with %s", f"the stored baseline ({size})" if has
+                      else "the policy only (no baseline stored yet)")
+        return False, has
+
+    def _feed_learning(self, pkt_no: int, ts: float, linktype: int, frame: bytes) -> None:
+        """Feed during a timed learning period: the packet at the deadline is detected on."""
+        if self.learning:
+            if self.learn_deadline is None:
+                started = get_state(self.db, STATE_LEARN_STARTED)
+                if started is None:
+                    started = str(ts)
+                    set_state(self.db, STATE_LEARN_STARTED, started)
+                self.learn_deadline = float(started) + self.cfg.learn_seconds
+            if ts >= self.learn_deadline:
+                self._finish_learning(ts)
+                self.feed = self._feed_packet
+        self._feed_packet(pkt_no, ts, linktype, frame)
+
+    def _save_baseline(self) -> None:
+        detect_store.save_baseline(self.db, self.learner.baseline, {})
+        self.learner = Learner(self.learner.policy)
+
+    def _finish_learning(self, ts: float) -> None:
+        for flow in self.engine.open_flows():
+            self.learner.on_flow(flow)   # conversations still open were seen while learning
+        self._save_baseline()
+        baseline = detect_store.load_baseline(self.db)
+        self.checker.baseline = baseline
+        self.learner = None
+        self.learning = False
+        set_state(self.db, STATE_LEARN_FINISHED, str(ts))
+        self.log.info("learning period over at %s: baseline has %d communications, %d devices; "
+                      "detecting", _utc(ts), len(baseline.entries), len(baseline.devices))
+        self._emit({"type": "sensor", "event": "learning_finished", "ts": ts,
+                    "communications": len(baseline.entries), "devices": len(baseline.devices)})
+
+    # --- the engine's callbacks ------------------------------------------------------
+    def _on_event(self, ev) -> None:
+        self.events += 1
+        self.checker.on_event(ev)
+        if self.learner is not None:
+            self.learner.on_event(ev)
+
+    def _on_flow(self, flow) -> None:
+        self.checker.on_flow(flow)
+        if self.learner is not None:
+            self.learner.on_flow(flow)
+
+    # --- the sink the sources feed -----------------------------------------------------
+    def set_source(self, name: str) -> None:
+        self.engine.set_source(name)
+        self.checker.capture = name
+
+    def _feed_with_evidence(self, pkt_no: int, ts: float, linktype: int, frame: bytes) -> None:
+        self.evidence.packet(ts, linktype, frame)
+        self.engine.feed(pkt_no, ts, linktype, frame)
+
+    # --- policy --------------------------------------------------------------------------
+    def reload_policy(self) -> None:
+        self.reload_requested = False
+        try:
+            policy = load_policy(self.cfg.policy)
+        except PolicyError as exc:
+            self.log.error("policy reload rejected, keeping the previous policy: %s",
+                           "; ".join(exc.errors))
+            self._emit({"type": "sensor", "event": "policy_rejected", "errors": exc.errors})
+            return
+        self.policy = policy
+        self.checker.set_policy(policy)
+        if self.learner is not None:
+            self.learner.policy = policy
+        self.log.info("policy reloaded from %s: %s", self.cfg.policy, policy.summary())
+        self._emit({"type": "sensor", "event": "policy_reloaded", "summary": policy.summary()})
+
+    # --- outputs -------------------------------------------------------------------------
+    def _emit(self, record: dict) -> None:
+        for out in self.outputs:
+            out.write(record)
+        if self.syslog is not None and record["type"] == "finding":
+            self.syslog.write(record)
+
+    def _record(self, f: Finding, e: _Emitted, state: str) -> dict:
+        return {"type": "finding", "state": state, "run": self.store.run_id, "seq": e.seq,
+                **f.to_dict(), "evidence_pcap": e.evidence}
+
+    def flush(self, final: bool = False, stats: bool = False) -> None:
+        """Store and send what changed; with ``stats`` also a stats row (and status line)."""
+        now = time.monotonic()
+        today = dt.date.today()
+        for key, f in self.agg.take().items():
+            f.suppressed = suppression_for(f, self.policy, today)
+            e = self.emitted.get(key)
+            if e is None:
+                seq = len(self.emitted) + 1
+                evidence = None
+                if self.evidence is not None and f.suppressed is None:
+                    evidence = self.evidence.start(f"{self.store.run_id}-{seq}", f.rule_id, f.src.ip,
+                                                   f.dst.ip if f.dst else None, f.port, f.last_ts)
+                e = self.emitted[key] = _Emitted(seq, evidence, f.count, now)
+                self.new_in_interval += 1
+                self._emit(self._record(f, e, "new"))
+            elif f.count != e.count:
+                self.held.add(key)
+            self._unsaved_findings[e.seq] = (e.seq, f, e.evidence)
+        for key in list(self.held):
+            e = self.emitted[key]
+            if final or now - e.at >= self.cfg.update_interval:
+                f = self.agg.findings[key]
+                e.count, e.at = f.count, now
+                self.held.discard(key)
+                self._emit(self._record(f, e, "update"))
+        for row in self.source.checkpoint():
+            self._unsaved_files[row["name"]] = row
+        if stats:
+            row = self.snapshot()
+            self._unsaved_stats.append(row)
+            self._emit({"type": "stats", **{k: v for k, v in row.items() if k != "detail"}})
+            if self.view is not None:
+                self.view.stats(row)
+        self._write()
+        if self.syslog is not None:
+            self.syslog.flush()
+
+    def _write(self) -> None:
+        active = sum(1 for f in self.agg.findings.values() if f.suppressed is None)
+        try:
+            self.store.write(list(self._unsaved_findings.values()), self._unsaved_stats,
+                             list(self._unsaved_files.values()),
+                             (active, len(self.agg.findings) - active))
+        except sqlite3.Error as exc:
+            if not self._db_failing:
+                self.log.error("database %s: %s; keeping findings and stats in memory, retrying",
+                               self.cfg.db, exc)
+            self._db_failing = True
+            return
+        if self._db_failing:
+            self.log.info("database %s: writable again", self.cfg.db)
+        self._db_failing = False
+        self._unsaved_findings.clear()
+        self._unsaved_stats.clear()
+        self._unsaved_files.clear()
+
+    def snapshot(self) -> dict:
+        """The counters of a stats row (also what the status line and --tui show)."""
+        now = time.monotonic()
+        interval, self._last_stats = now - self._last_stats, now
+        st = self.engine.stats()
+        counters = self.source.counters()
+        per_min = self.new_in_interval * 60.0 / interval if interval > 0 else 0.0
+        self.new_in_interval = 0
+        detail = {"engine": st, "source": counters, "mode": "learn" if self.learning else "detect",
+                  "findings_dropped": self.agg.dropped,
+                  "sweep_pairs_dropped": self.checker.sweep_pairs_dropped}
+        if self.syslog is not None:
+            detail["syslog"] = {"sent": self.syslog.sent, "dropped": self.syslog.dropped}
+        if self.evidence is not None:
+            detail["evidence"] = {"files": self.evidence.files_written,
+                                  "deleted": self.evidence.files_deleted}
+        return {
+            "ts": time.time(), "interval": round(interval, 3), "packets": st["packets"],
+            "bytes": st["bytes"], "kernel_received": counters.get("kernel_received"),
+            "kernel_dropped": counters.get("kernel_dropped"),
+            "interface_dropped": counters.get("interface_dropped"),
+            "flows_active": len(self.engine.open_flows()), "flows_total": st["flows"],
+            "events": self.events,
+            "decode_errors": decode_errors(st),
+            "findings": len(self.agg.findings), "findings_per_min": round(per_min, 2),
+            "detail": json.dumps(detail, default=str),
+        }
+
+    # --- running -------------------------------------------------------------------------
+    def stop(self, reason: str = "stopped") -> None:
+        self.stop_reason = reason
+
+    def _signal(self, signum, _frame) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.stop(signal.Signals(signum).name)
+
+    def install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._signal)
+
+    def run(self) -> None:
+        """Capture until stopped; everything is flushed before returning."""
+        self.source.start()
+        self._emit({"type": "sensor", "event": "started", "run": self.store.run_id,
+                    "source": self.source.name, "mode": "learn" if self.learning else "detect"})
+        now = time.monotonic()
+        next_flush, next_stats = now + FLUSH_INTERVAL, now + self.cfg.stats_interval
+        next_checkpoint = now + BASELINE_CHECKPOINT
+        try:
+            while self.stop_reason is None:
+                self.source.poll(self, BATCH, POLL_TIMEOUT)
+                if self.reload_requested:
+                    self.reload_policy()
+                now = time.monotonic()
+                if now >= next_flush:
+                    if self.live:
+                        self.engine.sweep(time.time())
+                    stats = now >= next_stats
+                    if stats:
+                        next_stats = now + self.cfg.stats_interval
+                    self.flush(stats=stats)
+                    if self.view is not None:
+                        self.view.tick(self)
+                    next_flush = now + FLUSH_INTERVAL
+                if self.learner is not None and now >= next_checkpoint:
+                    self._save_baseline()
+                    next_checkpoint = now + BASELINE_CHECKPOINT
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        reason = self.stop_reason or "error"
+        self.source.close()
+        self.engine.finish()          # every open flow ends now and is judged
+        if self.learner is not None:
+            self._save_baseline()
+        self.flush(final=True, stats=True)
+        if self.evidence is not None:
+            self.evidence.close()
+        self.store.stop(reason)
+        self._emit({"type": "sensor", "event": "stopped", "reason": reason,
+                    "findings": len(self.agg.findings), "packets": self.engine.packets})
+        if self.syslog is not None:
+            self.syslog.close()
+        for out in self.outputs:
+            out.close()
+        self.log.info("stopped (%s): %d packets, %d findings stored in %s", reason,
+                      self.engine.packets, len(self.agg.findings), self.cfg.db)
+
+
+def _utc(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _human(seconds: float) -> str:
+    for unit in ("w", "d", "h", "m"):
+        n = _DURATION_UNITS[unit]
+        if seconds >= n and seconds % n == 0:
+            return f"{int(seconds // n)}{unit}"
+    return f"{seconds:g}s"
