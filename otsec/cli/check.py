@@ -1,5 +1,5 @@
 """`otsec policy`, `otsec baseline` and `otsec check`: thin commands over otsec.policy,
-otsec.detect and otsec.store.detect_store.
+otsec.detect and otsec.store._store().
 
 Exit codes: 0 success (for ``check``: no finding at or above ``--fail-on``); 1 a finding
 at or above ``--fail-on``, or a damaged capture (results cover the packets before the
@@ -23,14 +23,12 @@ from otsec.detect.baseline import Baseline, Learner, diff as baseline_diff
 from otsec.detect.checker import Checker
 from otsec.detect.findings import Finding
 from otsec.detect.rules import SEVERITIES, severity_rank
-from otsec.cli.common import err, fail, report_damage, run_engine
+from otsec.cli.common import err, fail, load_policy_or_exit, report_damage, run_engine
 from otsec.report.console import add_plain_row
 from otsec.model import Event, Flow
 from otsec.policy.draft import Drafter
-from otsec.policy.loader import PolicyError, load_policy, parse_policy
+from otsec.policy.loader import PolicyError, parse_policy
 from otsec.policy.model import Policy
-from otsec.store import detect_store
-from otsec.store.db import StoreError, file_sha256, open_db
 
 policy_app = typer.Typer(add_completion=False, no_args_is_help=True,
                          help="Validate or draft a zones-and-conduits policy.")
@@ -40,16 +38,16 @@ baseline_app = typer.Typer(add_completion=False, no_args_is_help=True,
 out = Console(highlight=False, soft_wrap=True)
 
 
-def _policy(path: Path) -> Policy:
-    try:
-        return load_policy(path)
-    except PolicyError as exc:
-        for line in exc.errors:
-            err.print(line, markup=False)
-        raise typer.Exit(2) from None
+def _store():
+    """The SQLite layer, imported on first use: commands run without a database skip its
+    start-up cost (sqlite-utils pulls in numpy when it is installed)."""
+    from otsec.store import detect_store
+    return detect_store
 
 
 def _db(path: Path):
+    from otsec.store.db import StoreError, open_db
+
     try:
         return open_db(path)
     except StoreError as exc:
@@ -59,7 +57,7 @@ def _db(path: Path):
 def _existing_db(path: Path):
     if not path.is_file():
         raise fail(f"{path}: no such database")
-    if not detect_store.is_sqlite(path):
+    if not _store().is_sqlite(path):
         raise fail(f"{path}: not an otsec database")
     return _db(path)
 
@@ -74,7 +72,7 @@ def _run(paths: list[Path], on_event: Callable[[Event], None], on_flow: Callable
 @policy_app.command("validate")
 def policy_validate(file: Path = typer.Argument(..., help="Policy YAML file.")) -> None:
     """Check a policy; print every problem as FILE:LINE: message (exit 2) or a summary (exit 0)."""
-    policy = _policy(file)
+    policy = load_policy_or_exit(file)
     out.print(f"{file}: valid: {policy.summary()}", markup=False)
 
 
@@ -116,9 +114,11 @@ def baseline_learn(
     db_path: Path = typer.Option(..., "--db", help="Baseline database (created if needed; learning adds to it)."),
 ) -> None:
     """Record who talks to whom, per zone pair, into the baseline database."""
-    policy = _policy(policy_file)
+    from otsec.store.db import file_sha256
+
+    policy = load_policy_or_exit(policy_file)
     db = _db(db_path)
-    done = detect_store.learned_captures(db)
+    done = _store().learned_captures(db)
     todo: dict[str, Path] = {}
     for p in captures:
         if not p.is_file():
@@ -130,8 +130,8 @@ def baseline_learn(
             todo[sha] = p
     if todo:
         learned = _learn(list(todo.values()), policy)
-        detect_store.save_baseline(db, learned, {sha: str(p) for sha, p in todo.items()})
-    stored = detect_store.load_baseline(db)
+        _store().save_baseline(db, learned, {sha: str(p) for sha, p in todo.items()})
+    stored = _store().load_baseline(db)
     out.print(f"{db_path}: {len(stored.entries)} communications, {len(stored.devices)} devices "
               f"({len(todo)} capture(s) learned)", markup=False)
 
@@ -167,7 +167,7 @@ def baseline_show(
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
 ) -> None:
     """List the learned communications (and devices) of a baseline."""
-    b = detect_store.load_baseline(_existing_db(db_path))
+    b = _store().load_baseline(_existing_db(db_path))
     entries = sorted(b.entries.values(), key=_order)
     if as_json:
         for e in entries:
@@ -194,13 +194,13 @@ def _order(e) -> tuple:
 
 def _side(paths: list[Path], policy_file: Path | None, label: str) -> Baseline:
     """A baseline database, or captures learned on the fly (needs --policy)."""
-    if len(paths) == 1 and detect_store.is_sqlite(paths[0]):
-        return detect_store.load_baseline(_existing_db(paths[0]))
-    if any(detect_store.is_sqlite(p) for p in paths):
+    if len(paths) == 1 and _store().is_sqlite(paths[0]):
+        return _store().load_baseline(_existing_db(paths[0]))
+    if any(_store().is_sqlite(p) for p in paths):
         raise fail(f"{label}: give one baseline database or only captures, not both")
     if policy_file is None:
         raise fail(f"{label}: comparing captures needs --policy (for the zones)")
-    return _learn(paths, _policy(policy_file))
+    return _learn(paths, load_policy_or_exit(policy_file))
 
 
 @baseline_app.command("diff")
@@ -275,8 +275,8 @@ def check(
     """Check captures against the policy (and baseline); report aggregated findings."""
     if fail_on is not None and fail_on not in SEVERITIES:
         raise fail(f"--fail-on {fail_on!r}: expected one of {', '.join(SEVERITIES)}")
-    policy = _policy(policy_file)
-    baseline = detect_store.load_baseline(_existing_db(baseline_db)) if baseline_db else None
+    policy = load_policy_or_exit(policy_file)
+    baseline = _store().load_baseline(_existing_db(baseline_db)) if baseline_db else None
     db = _db(db_path) if db_path else None
     checker = Checker(policy, baseline)
     damaged = _run(captures, checker.on_event, checker.on_flow)
@@ -292,7 +292,7 @@ def check(
             except OSError as exc:
                 raise fail(f"{json_file}: cannot write: {exc.strerror or exc}") from None
     if db is not None:
-        detect_store.save_findings(db, findings, str(policy_file), str(baseline_db) if baseline_db else None,
+        _store().save_findings(db, findings, str(policy_file), str(baseline_db) if baseline_db else None,
                                    [str(c) for c in captures])
     console = err if json_file == "-" else out
     if active:

@@ -33,6 +33,18 @@ def warn(message: str) -> None:
     err.print(f"otsec: warning: {message}", markup=False)
 
 
+def load_policy_or_exit(path: Path):
+    """The policy, or every problem as FILE:LINE: message on stderr and exit 2."""
+    from otsec.policy.loader import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        for line in exc.errors:
+            err.print(line, markup=False)
+        raise typer.Exit(2) from None
+
+
 def check_inputs(paths: list[Path]) -> None:
     for path in paths:
         if not path.exists():

@@ -29,15 +29,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="OT network security monitor and segmentation auditor.")
 
 
-def open_writers(db: Path, captures: list[Path]) -> dict:
-    """One storage writer per capture file (imported here: SQLite is only needed with --db)."""
-    from otsec.store.db import CaptureWriter, StoreError, open_db
+def open_capture_set(db: Path, captures: list[Path]):
+    """Storage for this run's captures (imported here: SQLite is only needed with --db)."""
+    from otsec.store.db import CaptureSet, StoreError, open_db
 
     try:
-        database = open_db(db)
+        return CaptureSet(open_db(db), captures)
     except StoreError as exc:
         raise fail(str(exc)) from None
-    return {str(p): CaptureWriter(database, p) for p in dict.fromkeys(captures)}
 
 
 @app.command()
@@ -62,25 +61,23 @@ def analyze(
             out = sys.stdout if str(json_out) == "-" else open(json_out, "w", encoding="utf-8")
         except OSError as exc:
             raise fail(f"{json_out}: cannot write: {exc.strerror}") from None
-    writers = open_writers(db, captures) if db is not None else {}
+    stored = open_capture_set(db, captures) if db is not None else None
 
     def on_event(ev) -> None:
         summary.add_event(ev)
         if out is not None:
             out.write(json.dumps(ev.to_dict(), separators=(",", ":"), default=str) + "\n")
-        if writers:
-            writers[ev.capture].add_event(ev)
+        if stored is not None:
+            stored.add_event(ev)
 
     def on_flow(flow) -> None:
         summary.add_flow(flow)
-        if writers:
-            writers[flow.capture].add_flow(flow)   # a flow belongs to the file in which it ended
+        if stored is not None:
+            stored.add_flow(flow)
 
     stats = run_engine(captures, on_event, on_flow, config, progress, jobs)
-    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for source in stats["sources"] if writers else ():
-        writers[source["name"]].finish(source["packets"], source["first_ts"], source["last_ts"],
-                                       source["error"], finished)
+    if stored is not None:
+        stored.finish(stats, datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if out is not None and out is not sys.stdout:
         out.close()
     report = summary.report(stats, [str(p) for p in captures])

@@ -19,24 +19,11 @@ from typing import List, Optional
 import typer
 import yaml
 
-from otsec.cli.common import check_inputs, err, fail, run_engine, warn
+from otsec.cli.common import check_inputs, err, fail, load_policy_or_exit, report_damage, run_engine, warn
 from otsec.detect.checker import Checker
-from otsec.policy.loader import PolicyError, load_policy
 from otsec.policy.model import Policy
-from otsec.report import compliance, diagram, html, markdown, source
-from otsec.store import detect_store
-from otsec.store.db import CaptureWriter, StoreError, open_db
 
 FORMATS = ("html", "md", "json")
-
-
-def _policy(path: Path) -> Policy:
-    try:
-        return load_policy(path)
-    except PolicyError as exc:
-        for line in exc.errors:
-            err.print(line, markup=False)
-        raise typer.Exit(2) from None
 
 
 def _site_name(path: Path) -> str | None:
@@ -52,27 +39,25 @@ def _site_name(path: Path) -> str | None:
 def _store(db, paths: list[Path], policy: Policy, baseline, policy_file: Path) -> list[int]:
     """Analyse ``paths`` into ``db`` as ``otsec analyze --db`` does, and store their
     findings as ``otsec check --db`` does; returns the captures' ids."""
-    writers = {str(p): CaptureWriter(db, p) for p in dict.fromkeys(paths)}
+    from otsec.store import detect_store
+    from otsec.store.db import CaptureSet
+
+    stored = CaptureSet(db, paths)
     checker = Checker(policy, baseline)
 
     def on_event(ev) -> None:
-        writers[ev.capture].add_event(ev)
-        checker.capture = ev.capture
+        stored.add_event(ev)
         checker.on_event(ev)
 
     def on_flow(flow) -> None:
-        writers[flow.capture].add_flow(flow)   # a flow belongs to the file in which it ended
-        checker.capture = flow.capture
+        stored.add_flow(flow)
         checker.on_flow(flow)
 
     stats = run_engine(paths, on_event, on_flow, progress=False)
-    done = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    for src in stats["sources"]:
-        writers[src["name"]].finish(src["packets"], src["first_ts"], src["last_ts"], src["error"], done)
-    for message in stats["capture_errors"]:
-        warn(f"{message} (the report covers the packets before it)")
-    detect_store.save_findings(db, checker.finish(), str(policy_file), None, list(writers))
-    return [w.capture_id for w in writers.values()]
+    ids = stored.finish(stats, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    report_damage(stats)
+    detect_store.save_findings(db, checker.finish(), str(policy_file), None, [str(p) for p in dict.fromkeys(paths)])
+    return ids
 
 
 def report(
@@ -84,9 +69,13 @@ def report(
     baseline_db: Optional[Path] = typer.Option(None, "--baseline", help="Baseline database (default: the baseline stored in --db, if any)."),
 ) -> None:
     """Assess the site against the NCSC secure connectivity principles for OT."""
+    from otsec.report import compliance, diagram, html, markdown, source
+    from otsec.store import detect_store
+    from otsec.store.db import StoreError, open_db
+
     if output_format not in FORMATS:
         raise fail(f"--format {output_format!r}: expected one of {', '.join(FORMATS)}")
-    policy = _policy(policy_file)
+    policy = load_policy_or_exit(policy_file)
     check_inputs(list(captures or ()))
     if not captures:
         if not db_path.is_file():

@@ -17,12 +17,6 @@ import typer
 
 from otsec.cli.common import fail, parse_ports
 from otsec.engine import EngineConfig
-from otsec.policy.loader import PolicyError
-from otsec.sensor.outputs import OutputError
-from otsec.sensor.runner import MODES, Sensor, SensorConfig, parse_duration
-from otsec.sensor.sources import SourceError
-from otsec.sensor.status import StatusLine, TuiView
-from otsec.store.db import StoreError
 
 LOG_FORMAT = "%(asctime)s otsec sensor %(levelname)s: %(message)s"
 
@@ -54,6 +48,13 @@ def sensor(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Monitor continuously: policy checks from the first packet, baseline learning, findings to SQLite/JSON/syslog."""
+    # imported here so that the other commands do not pay for the sensor's start-up
+    from otsec.policy.loader import PolicyError
+    from otsec.sensor.outputs import OutputError
+    from otsec.sensor.runner import MODES, Sensor, SensorConfig, parse_duration
+    from otsec.sensor.sources import SourceError
+    from otsec.sensor.status import StatusLine, TuiView
+    from otsec.store.db import StoreError
 
     if (interface is None) == (pcap_dir is None):
         raise fail("give exactly one of --interface or --pcap-dir")

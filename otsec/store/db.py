@@ -161,6 +161,28 @@ class CaptureWriter:
         })
 
 
+class CaptureSet:
+    """The writers of one run's captures: each event and flow goes to the capture it came
+    from (a flow to the file in which it ended), and each capture is closed with its own
+    packet count, times and error from the engine's statistics."""
+
+    def __init__(self, db: sqlite_utils.Database, paths: Iterable[str | Path]):
+        self.writers = {str(p): CaptureWriter(db, p) for p in dict.fromkeys(paths)}
+
+    def add_event(self, ev: Event) -> None:
+        self.writers[ev.capture].add_event(ev)
+
+    def add_flow(self, flow: Flow) -> None:
+        self.writers[flow.capture].add_flow(flow)
+
+    def finish(self, stats: dict, analyzed_at: str) -> list[int]:
+        """Close every capture; returns their ids."""
+        for source in stats["sources"]:
+            self.writers[source["name"]].finish(source["packets"], source["first_ts"],
+                                                source["last_ts"], source["error"], analyzed_at)
+        return [w.capture_id for w in self.writers.values()]
+
+
 def iter_event_rows(db: sqlite_utils.Database, capture_ids: Iterable[int] | None = None):
     """Stored events as dicts with JSON columns decoded, in capture/sequence order."""
     sql = "SELECT * FROM events"
