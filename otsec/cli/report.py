@@ -17,23 +17,12 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-import yaml
 
 from otsec.cli.common import check_inputs, err, fail, load_policy_or_exit, report_damage, run_engine, warn
 from otsec.detect.checker import Checker
 from otsec.policy.model import Policy
 
 FORMATS = ("html", "md", "json")
-
-
-def _site_name(path: Path) -> str | None:
-    """The policy's ``name`` (the loader validates the file; only the title is read here)."""
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    name = doc.get("name") if isinstance(doc, dict) else None
-    return str(name) if name else None
 
 
 def _store(db, paths: list[Path], policy: Policy, baseline, policy_file: Path) -> list[int]:
@@ -92,7 +81,7 @@ def report(
         if ids is None and not source.holds_anything(db):
             raise fail(f"{db_path}: holds no analysed traffic (run otsec analyze --db {db_path} CAPTURE, or pass --from)")
         data = compliance.from_db(db, policy, baseline, policy_path=str(policy_file), capture_ids=ids,
-                                  site_name=_site_name(policy_file))
+                                  site_name=policy.name or None)
     except StoreError as exc:
         raise fail(str(exc)) from None
     except sqlite3.Error as exc:

@@ -256,7 +256,7 @@ class _Validator:
         conduits = self.conduits(doc, zones, assets)
         rules = self.rules(doc, assets, conduits)
         return Policy(list(zones.values()), list(assets.values()), list(conduits.values()),
-                      rules, self.source)
+                      rules, self.source, str(doc.get("name") or ""))
 
     def zones(self, doc: LMap) -> dict[str, Zone]:
         zones: dict[str, Zone] = {}

@@ -231,7 +231,8 @@ class Policy:
     """A validated policy with the lookups detections need (cached: called per message)."""
 
     def __init__(self, zones: list[Zone], assets: list[Asset], conduits: list[Conduit],
-                 rules: Rules, source: str = ""):
+                 rules: Rules, source: str = "", name: str = ""):
+        self.name = name                  # the site, as reports title it
         self.zones = {z.name: z for z in zones}
         self.assets = {a.name: a for a in assets}
         self.conduits = {c.name: c for c in conduits}
