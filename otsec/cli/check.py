@@ -23,7 +23,7 @@ from otsec.detect.baseline import Baseline, Learner, diff as baseline_diff
 from otsec.detect.checker import Checker
 from otsec.detect.findings import Finding
 from otsec.detect.rules import SEVERITIES, severity_rank
-from otsec.cli.common import err, fail, load_policy_or_exit, report_damage, run_engine
+from otsec.cli.common import err, fail, load_policy_or_exit, report_damage, run_engine, write_output
 from otsec.report.console import add_plain_row
 from otsec.model import Event, Flow
 from otsec.policy.draft import Drafter
@@ -89,14 +89,8 @@ def policy_init(
         parse_policy(text, str(output or "<draft>"))
     except PolicyError as exc:   # a drafting bug must not hand the user a broken file
         raise fail("the drafted policy does not validate: " + "; ".join(exc.errors)) from None
-    if output is None:
-        sys.stdout.write(text)
-        return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise fail(f"{output}: cannot write: {exc.strerror or exc}") from None
-    err.print(f"wrote draft policy {output}; review it, then: otsec policy validate {output}", markup=False)
+    if write_output(output, text):
+        err.print(f"wrote draft policy {output}; review it, then: otsec policy validate {output}", markup=False)
 
 
 # --- otsec baseline ----------------------------------------------------------------------
@@ -283,14 +277,7 @@ def check(
     findings = checker.finish()
     active = [f for f in findings if f.suppressed is None]
     if json_file is not None:
-        lines = "".join(json.dumps(f.to_dict()) + "\n" for f in findings)
-        if json_file == "-":
-            sys.stdout.write(lines)
-        else:
-            try:
-                Path(json_file).write_text(lines, encoding="utf-8")
-            except OSError as exc:
-                raise fail(f"{json_file}: cannot write: {exc.strerror or exc}") from None
+        write_output(Path(json_file), "".join(json.dumps(f.to_dict()) + "\n" for f in findings))
     if db is not None:
         _store().save_findings(db, findings, str(policy_file), str(baseline_db) if baseline_db else None,
                                    [str(c) for c in captures])

@@ -6,6 +6,7 @@ never a traceback; a damaged capture is a warning after the partial results.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +44,18 @@ def load_policy_or_exit(path: Path):
         for line in exc.errors:
             err.print(line, markup=False)
         raise typer.Exit(2) from None
+
+
+def write_output(output: Path | None, text: str) -> bool:
+    """Write a command's document to ``output`` ('-' or None: stdout); True if it went to a file."""
+    if output is None or str(output) == "-":
+        sys.stdout.write(text)
+        return False
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"{output}: cannot write: {exc.strerror or exc}") from None
+    return True
 
 
 def check_inputs(paths: list[Path]) -> None:

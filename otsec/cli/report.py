@@ -12,13 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from otsec.cli.common import check_inputs, err, fail, load_policy_or_exit, report_damage, run_engine, warn
+from otsec.cli.common import (check_inputs, err, fail, load_policy_or_exit, report_damage, run_engine,
+                               warn, write_output)
 from otsec.detect.checker import Checker
 from otsec.policy.model import Policy
 
@@ -96,12 +96,7 @@ def report(
         except diagram.DiagramUnavailable as exc:
             warn(f"{exc}; the report has no diagram")
             text = html.render(data, None, str(exc))
-    if str(output) == "-":
-        sys.stdout.write(text)
+    if not write_output(output, text):
         return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise fail(f"{output}: cannot write: {exc.strerror or exc}") from None
     counts = ", ".join(f"{n} {compliance.STATUS_LABELS[s]}" for s, n in data["overall"].items() if n)
     err.print(f"wrote {output}: {counts}", markup=False)

@@ -228,7 +228,7 @@ class Checker:
                 ok = ev.targets and any(all(any(w.covers(t) for w in r.write_targets) for t in ev.targets)
                                         for r in bounded)
                 if not ok:
-                    allowed = ", ".join(_wt_text(w) for r in bounded for w in r.write_targets)
+                    allowed = ", ".join(str(w) for r in bounded for w in r.write_targets)
                     why = (f"to {_targets_text(ev) or 'an undecoded target'} outside the allowed "
                            f"write targets ({allowed})")
         if why is None:
@@ -401,11 +401,3 @@ def _targets_text(ev: Event) -> str:
                 end = t.start + max((t.count or 1) - 1, 0)
                 parts.append(f"{space} {t.start}" + (f"-{end}" if end != t.start else ""))
     return ", ".join(parts)
-
-
-def _wt_text(w) -> str:
-    if w.kind in ("node", "node_prefix"):
-        return f"{w.kind} {w.node}"
-    if w.kind == "db":
-        return f"DB{w.db}" + (f" bytes {w.start}-{w.end}" if w.start is not None else "")
-    return f"{w.kind} {w.start}-{w.end}"

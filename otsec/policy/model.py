@@ -111,6 +111,13 @@ class WriteTarget:
     db: int | None = None
     node: str | None = None
 
+    def __str__(self) -> str:
+        if self.kind in ("node", "node_prefix"):
+            return f"{self.kind} {self.node}"
+        if self.kind == "db":
+            return f"DB{self.db}" + (f" bytes {self.start}-{self.end}" if self.start is not None else "")
+        return f"{self.kind} {self.start}-{self.end}"
+
     def covers(self, t) -> bool:
         """Does this entry authorise writing the whole of :class:`otsec.model.Target` ``t``?"""
         if self.kind in MODBUS_TARGET_KINDS:

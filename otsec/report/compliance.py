@@ -893,18 +893,10 @@ def allow_text(r) -> str:
     if r.sources or r.destinations:
         parts.append(f"{','.join(r.sources) or 'any'} -> {','.join(r.destinations) or 'any'}")
     if r.write_targets:
-        parts.append("writes: " + ", ".join(_wt(w) for w in r.write_targets))
+        parts.append("writes: " + ", ".join(str(w) for w in r.write_targets))
     if r.opcua_security_mode:
         parts.append(f"requires {r.opcua_security_mode}")
     return "; ".join(parts)
-
-
-def _wt(w) -> str:
-    if w.kind in ("node", "node_prefix"):
-        return f"{w.kind} {w.node}"
-    if w.kind == "db":
-        return f"DB{w.db}" + (f" bytes {w.start}-{w.end}" if w.start is not None else "")
-    return f"{w.kind} {w.start}-{w.end}"
 
 
 def finding_text(f: dict) -> str:
