@@ -108,9 +108,9 @@ class FlowTable:
         self.states: dict[int, FlowState] = {}
         self.capture = ""
         self.source_index = 0
-        #: (source index, packet) being processed, and the connection whose output is being
-        #: emitted: together they order the output of parallel shards (see engine.analyze)
-        self.clock: tuple[int, float] = (0, 0)
+        #: the packet being processed, and the connection whose output is being emitted:
+        #: together they order the output of parallel shards (see engine.analyze)
+        self.clock_packet: float = 0
         self.emitting: tuple[int, int] = (0, 0)
         self.counters = {"flows": 0, "flows_timed_out": 0, "flows_evicted": 0,
                          "retransmitted_bytes": 0, "overlap_conflicts": 0, "gap_bytes": 0}
@@ -118,19 +118,24 @@ class FlowTable:
 
     # --- per packet ------------------------------------------------------------------
 
+    @property
+    def clock(self) -> tuple[int, float]:
+        """(source index, packet) being processed: orders the output of parallel shards."""
+        return (self.source_index, self.clock_packet)
+
     def tick(self, pkt_no: int, ts: float) -> None:
         """Advance time: retire idle connections. Called for every packet, including those
         another shard owns, so that every shard retires the same connections at the same
         packet; what it emits is ordered just before that packet's own output."""
         if ts >= self._next_sweep:
-            self.clock = (self.source_index, pkt_no - 0.5)
+            self.clock_packet = pkt_no - 0.5
             self._sweep(ts)
 
     def packet(self, pkt_no: int, ts: float, pkt: tuple) -> None:
         src_mac, dst_mac, sip, dip, proto, sport, dport, flags, seq, ack, payload = pkt
         if ts >= self._next_sweep:
             self.tick(pkt_no, ts)
-        self.clock = (self.source_index, pkt_no)
+        self.clock_packet = pkt_no
         entry = self.index.get((sip, sport, dip, dport, proto))
         if entry is None or (proto == TCP and flags & SYN and not flags & ACK and self._is_reuse(entry[0])):
             if entry is not None:
@@ -158,7 +163,7 @@ class FlowTable:
         stream = st.streams[from_client]
         if flags & SYN:
             stream.syn(seq)
-        if payload:
+        if payload and (st.session is not None or st.attempts > 0):  # else: nothing to decode
             data = stream.push(seq, payload)
             if data:
                 self._deliver(st, from_client, data, stream.gapped, pkt_no, ts)
@@ -362,7 +367,7 @@ class FlowTable:
 
     def retire_all(self, pkt_no: float) -> None:
         """Report every connection still open (their output is ordered before ``pkt_no``)."""
-        self.clock = (self.source_index, pkt_no - 0.5)
+        self.clock_packet = pkt_no - 0.5
         for st in list(self.states.values()):
             self._end(st)
 
