@@ -181,13 +181,13 @@ def _run_shard(paths: list[Path], config: EngineConfig, index: int, count: int, 
     """One shard: decode its connections, spill (order key, item) records to ``out``."""
     config = EngineConfig(**{**config.__dict__, "shard": (index, count)})
     seq = 0
-    with open(out, "wb") as spill:
-        dump = pickle.Pickler(spill, protocol=pickle.HIGHEST_PROTOCOL).dump
-
+    with open(out, "wb", buffering=1 << 20) as spill:
         def record(item) -> None:
+            # one pickle per record: a shared Pickler would memoise every item it ever wrote
             nonlocal seq
             seq += 1
-            dump(((engine.table.clock, engine.table.emitting, seq), item))
+            pickle.dump(((engine.table.clock, engine.table.emitting, seq), item), spill,
+                        protocol=pickle.HIGHEST_PROTOCOL)
 
         engine = Engine(config, record, record)
         for path in paths:
@@ -196,11 +196,11 @@ def _run_shard(paths: list[Path], config: EngineConfig, index: int, count: int, 
 
 
 def _records(path: str) -> Iterator[tuple]:
-    with open(path, "rb") as spill:
-        unpickler = pickle.Unpickler(spill)
+    with open(path, "rb", buffering=1 << 20) as spill:
+        load = pickle.load
         while True:
             try:
-                yield unpickler.load()
+                yield load(spill)
             except EOFError:
                 return
 
@@ -216,6 +216,39 @@ def _analyze_parallel(paths: list[Path], on_event, on_flow, config: EngineConfig
         for _key, item in heapq.merge(*map(_records, spills), key=lambda rec: rec[0]):
             (on_event if isinstance(item, Event) else on_flow)(item)
     return _merge_stats(stats)
+
+
+def reduce(paths: Iterable[str | Path], make_reducer: Callable, config: EngineConfig | None = None,
+           jobs: int = 1, progress: Callable[[int, int], None] | None = None):
+    """Fold the captures' events and flows into an aggregate and return (aggregate, stats).
+
+    ``make_reducer()`` builds an object with ``add_event``, ``add_flow`` and
+    ``merge(other)``. With ``jobs`` > 1 each shard folds its own connections and only the
+    aggregates travel back to be merged, so the parallel run scales with the cores
+    (shipping every event to one process instead would make that process the bottleneck).
+    """
+    paths = [Path(p) for p in paths]
+    if jobs <= 1:
+        reducer = make_reducer()
+        return reducer, analyze(paths, reducer.add_event, reducer.add_flow, config, progress)
+    for path in paths:
+        CaptureReader(path).close()
+    config = config or EngineConfig()
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        results = pool.starmap(_reduce_shard, [(paths, config, i, jobs, make_reducer) for i in range(jobs)])
+    reducer = results[0][0]
+    for other, _ in results[1:]:
+        reducer.merge(other)
+    return reducer, _merge_stats([stats for _, stats in results])
+
+
+def _reduce_shard(paths: list[Path], config: EngineConfig, index: int, count: int, make_reducer):
+    reducer = make_reducer()
+    engine = Engine(EngineConfig(**{**config.__dict__, "shard": (index, count)}),
+                    reducer.add_event, reducer.add_flow)
+    for path in paths:
+        engine.read_file(path)
+    return reducer, engine.finish()
 
 
 def _merge_stats(shards: list[dict]) -> dict:
@@ -243,4 +276,4 @@ def collect(paths: Iterable[str | Path], config: EngineConfig | None = None, job
     return Result(events, flows, stats)
 
 
-__all__ = ["Engine", "EngineConfig", "Result", "analyze", "collect", "CaptureError"]
+__all__ = ["Engine", "EngineConfig", "Result", "analyze", "collect", "reduce", "CaptureError"]

@@ -109,3 +109,12 @@ def test_jobs_give_the_same_output_as_one_process(tmp_path):
     assert r1.returncode == r2.returncode == 0, r1.stderr + r2.stderr
     assert one.read_text() == two.read_text() and one.stat().st_size > 0
     assert json.loads(r1.stdout) == json.loads(r2.stdout)
+
+
+def test_jobs_summary_only_equals_one_process():
+    """Without --json/--db each process folds its own share and only summaries are merged."""
+    captures = [ROOT / "pcaps" / "plant_normal.pcap", ROOT / "pcaps" / "plant_incident.pcap", SHOWCASE]
+    r1 = otsec("analyze", *captures, "--format", "json")
+    r2 = otsec("analyze", *captures, "--format", "json", "--jobs", "2")
+    assert r1.returncode == r2.returncode == 0, r1.stderr + r2.stderr
+    assert json.loads(r1.stdout) == json.loads(r2.stdout)

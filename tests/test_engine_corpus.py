@@ -39,3 +39,12 @@ def test_unrelated_captures_given_together_do_not_merge_connections():
         pytest.skip("corpus absent")
     together = collect(paths)
     assert len(together.events) == sum(len(collect([p]).events) for p in paths)
+
+
+@pytest.mark.parametrize("path", captures("mixed"))
+def test_summaries_folded_per_process_equal_one_process(path):
+    from otsec.analysis.inventory import Summary
+    from otsec.engine import reduce
+
+    (one, s1), (two, s2) = reduce([path], Summary), reduce([path], Summary, jobs=2)
+    assert one.report(s1, []) == two.report(s2, [])

@@ -127,6 +127,28 @@ class Summary:
             if mac:
                 host.macs.add(mac)
 
+    def merge(self, other: "Summary") -> None:
+        """Add another shard's aggregate (connections are disjoint between shards)."""
+        for ip, theirs in other.hosts.items():
+            mine = self.host(ip)
+            mine.macs |= theirs.macs
+            mine.identity.update(theirs.identity)
+            mine.served.update(theirs.served)
+            mine.used.update(theirs.used)
+            mine.sent_classes.update(theirs.sent_classes)
+            mine.peers_as_client |= theirs.peers_as_client
+            mine.clients |= theirs.clients
+            mine.flows += theirs.flows
+        for key, counts in other.pairs.items():
+            self.pairs[key].update(counts)
+        for key, counts in other.functions.items():
+            self.functions[key].update(counts)
+        self.anomalies.update(other.anomalies)
+        self.security.update(other.security)
+        self.apps.update(other.apps)
+        self.events += other.events
+        self.flows += other.flows
+
     def report(self, stats: dict, captures: list[str]) -> dict:
         """The analyze summary as plain data (rendered as rich tables or JSON)."""
         hosts = []

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from otsec.capture import CaptureError
-from otsec.engine import EngineConfig, analyze
+from otsec.engine import EngineConfig, analyze, reduce
 from otsec.model import Event, Flow
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -119,12 +119,17 @@ class _Progress:
             self.bar.stop()
 
 
-def run_engine(paths: list[Path], on_event: Callable[[Event], None], on_flow: Callable[[Flow], None],
-               config: EngineConfig | None = None, progress: bool = True, jobs: int = 1) -> dict:
-    """Stream the captures through the engine; unreadable input becomes exit 2."""
+def run_engine(paths: list[Path], on_event: Callable[[Event], None] | None,
+               on_flow: Callable[[Flow], None] | None, config: EngineConfig | None = None,
+               progress: bool = True, jobs: int = 1, reducer: Callable | None = None):
+    """Stream the captures through the engine and return its statistics, or with
+    ``reducer`` (see engine.reduce) the pair (aggregate, statistics). Unreadable input
+    becomes exit 2."""
     check_inputs(paths)
     try:
         with _Progress(paths, progress and jobs == 1) as bar:
+            if reducer is not None:
+                return reduce(paths, reducer, config, jobs, bar.callback())
             return analyze(paths, on_event, on_flow, config, bar.callback(), jobs)
     except CaptureError as exc:
         raise fail(str(exc)) from None

@@ -75,7 +75,11 @@ def analyze(
         if stored is not None:
             stored.add_flow(flow)
 
-    stats = run_engine(captures, on_event, on_flow, config, progress, jobs)
+    if out is None and stored is None:
+        # only the summary is wanted: with --jobs each process folds its own share
+        summary, stats = run_engine(captures, None, None, config, progress, jobs, reducer=Summary)
+    else:
+        stats = run_engine(captures, on_event, on_flow, config, progress, jobs)
     if stored is not None:
         stored.finish(stats, datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if out is not None and out is not sys.stdout:
