@@ -80,6 +80,7 @@ def test_truncated_capture_reports_partial_results_and_where_it_broke(tmp_path):
     (["analyze", "--bogus", "x.pcap"], "No such option: --bogus"),
     (["analyze", "pcaps/protocols_showcase.pcap", "--jobs", "0"], "--jobs"),
     (["check", "pcaps/plant_incident.pcap"], "Missing option '--policy'"),
+    (["analyze", "pcaps/protocols_showcase.pcap", "--json", "-", "--format", "json"], "both write to stdout"),
 ])
 def test_bad_input_gives_one_clear_line_and_exit_2(args, message):
     r = otsec(*args, cwd=ROOT)
@@ -118,3 +119,33 @@ def test_jobs_summary_only_equals_one_process():
     r2 = otsec("analyze", *captures, "--format", "json", "--jobs", "2")
     assert r1.returncode == r2.returncode == 0, r1.stderr + r2.stderr
     assert json.loads(r1.stdout) == json.loads(r2.stdout)
+
+
+def test_every_command_brings_a_database_to_the_full_schema(tmp_path):
+    """A database created by analyze can be used by baseline, check, report and sensor."""
+    db = tmp_path / "site.db"
+    assert otsec("analyze", SHOWCASE, "--db", db, "--format", "json").returncode == 0
+    tables = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"captures", "events", "flows", "baseline_captures", "findings"} <= tables
+
+
+def test_damaged_capture_exits_1_in_every_command(tmp_path):
+    broken = tmp_path / "broken.pcap"
+    broken.write_bytes((ROOT / "pcaps" / "plant_incident.pcap").read_bytes()[:3000])
+    policy = ROOT / "policies" / "example-plant.yaml"
+    for args in (["analyze", broken], ["check", broken, "-p", policy],
+                 ["baseline", "learn", broken, "-p", policy, "--db", tmp_path / "b.db"],
+                 ["report", "-p", policy, "--db", tmp_path / "r.db", "--from", broken, "-o", tmp_path / "r.html"]):
+        r = otsec(*args)
+        assert r.returncode == 1, (args, r.stderr)
+        assert "broken.pcap: truncated packet record at byte" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_refuses_a_baseline_database_without_a_baseline_and_accepts_any_case_severity(tmp_path):
+    db = tmp_path / "analysed.db"
+    assert otsec("analyze", SHOWCASE, "--db", db, "--format", "json").returncode == 0
+    policy = ROOT / "policies" / "example-plant.yaml"
+    r = otsec("check", ROOT / "pcaps" / "plant_incident.pcap", "-p", policy, "--baseline", db)
+    assert r.returncode == 2 and f"{db}: holds no baseline" in r.stderr
+    r = otsec("check", ROOT / "pcaps" / "plant_normal.pcap", "-p", policy, "--fail-on", "HIGH")
+    assert r.returncode == 0, r.stderr

@@ -124,3 +124,11 @@ def test_udp_and_other_ip_are_tracked_as_flows():
     run.table.finish()
     kinds = sorted((f.transport, f.app, f.server_port) for f in run.flows)
     assert kinds == [("icmp", "unknown", 0), ("udp", "dns", 53)]
+
+
+def test_first_request_without_handshake_already_names_the_server_mac():
+    run = Run()
+    run(pkt(A, 40000, B, 9999, payload=msg(b"q", 1, b"x"), seq=1))
+    run.table.finish()
+    (req,) = run.events
+    assert req.dst_mac == "00:80:f4:00:00:02" and run.flows[0].server_mac == "00:80:f4:00:00:02"

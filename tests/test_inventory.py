@@ -62,3 +62,34 @@ def test_function_table_counts_requests_responses_and_exceptions():
 
 def test_unknown_or_absent_mac_has_no_vendor():
     assert mac_vendor(None) is None and mac_vendor("02:00:00:00:00:01") is None
+
+
+def test_a_mac_shared_by_many_ips_or_a_virtual_router_mac_is_a_gateway_not_a_host():
+    s = Summary()
+    for ip in ("10.1.0.1", "10.2.0.1", "10.3.0.1"):
+        s.add_event(ev(ip, "10.9.0.9", "request", "read", src_mac="08:5b:0e:fc:4b:10"))
+    s.add_event(ev("203.0.113.5", "10.9.0.9", "request", "read", src_mac="00:00:5e:00:01:32"))
+    s.add_event(ev("10.9.0.9", "10.1.0.1", "response", "read", src_mac="00:80:f4:32:00:14"))
+    report = s.report({}, [])
+    hosts = {h["ip"]: h for h in report["hosts"]}
+    assert set(report["gateway_macs"]) == {"08:5b:0e:fc:4b:10", "00:00:5e:00:01:32"}
+    assert hosts["10.1.0.1"]["macs"] == [] and hosts["10.1.0.1"]["via_gateway"] == ["08:5b:0e:fc:4b:10"]
+    assert hosts["10.1.0.1"]["vendor"] is None and hosts["203.0.113.5"]["vendor"] is None
+    assert hosts["10.9.0.9"]["macs"] == ["00:80:f4:32:00:14"]
+
+
+def test_request_and_response_with_different_codes_are_one_row():
+    s = Summary()
+    s.add_event(ev("a", "b", "request", "read", "opcua", "Read", function_code=631))
+    s.add_event(ev("b", "a", "response", "read", "opcua", "Read", function_code=634))
+    s.add_event(ev("b", "a", "response", "read", "opcua", "Read", function_code=634, result="error"))
+    (row,) = s.report({}, [])["functions"]["opcua"]
+    assert (row["code"], row["requests"], row["responses"], row["exceptions"]) == (631, 1, 2, 1)
+
+
+def test_cotp_connection_setup_counts_under_s7comm():
+    s = Summary()
+    s.add_event(ev("a", "b", "request", "session", "cotp", "Connection Request"))
+    s.add_event(ev("a", "b", "request", "read", "s7comm", "Read Var"))
+    (pair,) = s.report({}, [])["communications"]
+    assert pair["protocol"] == "s7comm" and pair["operations"] == {"read": 1, "session": 1}

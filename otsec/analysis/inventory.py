@@ -16,10 +16,18 @@ from netaddr.core import AddrFormatError
 from otsec.model import Event, Flow
 
 #: Protocols whose server side is a controller (PLC/RTU) rather than a general server.
-CONTROLLER_PROTOCOLS = frozenset({"modbus", "s7comm", "s7comm-plus", "cotp"})
+CONTROLLER_PROTOCOLS = frozenset({"modbus", "s7comm", "s7comm-plus"})
+#: Who-talks-to-whom counts a transport's connection setup under the protocol it carries.
+TRANSPORT_OF = {"cotp": "s7comm"}
 #: Identity keys that only a controller reports about itself.
 CONTROLLER_IDENTITY_KEYS = frozenset({"order_number", "module", "product_code", "firmware"})
 ROLES = ("plc", "engineering_workstation", "hmi", "historian", "server", "unknown")
+
+
+#: Virtual-router MAC prefixes (VRRP, HSRP v1/v2): such a MAC is a gateway's, never a host's.
+VIRTUAL_ROUTER_PREFIXES = ("00:00:5e:00:01:", "00:00:5e:00:02:", "00:00:0c:07:ac:", "00:00:0c:9f:f")
+#: A MAC seen for more IP addresses than this belongs to a router, not to those hosts.
+MAX_IPS_PER_HOST_MAC = 2
 
 
 def mac_vendor(mac: str | None) -> str | None:
@@ -98,16 +106,17 @@ class Summary:
         if ev.identity:
             src.identity.update({k: v for k, v in ev.identity.items() if v})
         fn = self.functions[(ev.protocol, ev.function_code, ev.function)]
+        protocol = TRANSPORT_OF.get(ev.protocol, ev.protocol)
         if ev.kind == "request":
             fn["requests"] += 1
-            src.used[ev.protocol] += 1
+            src.used[protocol] += 1
             src.sent_classes[ev.op_class] += 1
             src.peers_as_client.add(ev.dst_ip)
             self.host(ev.dst_ip).clients.add(ev.src_ip)
-            self.pairs[(ev.src_ip, ev.dst_ip, ev.protocol)][ev.op_class] += 1
+            self.pairs[(ev.src_ip, ev.dst_ip, protocol)][ev.op_class] += 1
         elif ev.kind == "response":
             fn["responses"] += 1
-            src.served[ev.protocol] += 1
+            src.served[protocol] += 1
             if ev.result in ("exception", "error"):
                 fn["exceptions"] += 1
         else:
@@ -126,6 +135,31 @@ class Summary:
             host.flows += 1
             if mac:
                 host.macs.add(mac)
+
+    def function_table(self) -> dict[str, list[dict]]:
+        """Per protocol, one row per function name: a request and its response are one row
+        even where they have different codes (OPC UA encodes each with its own node id);
+        the row shows the lowest code seen (the request's)."""
+        rows: dict[tuple[str, str], dict] = {}
+        for (proto, code, name), c in self.functions.items():
+            row = rows.setdefault((proto, name), {"code": None, "function": name, "count": 0, "requests": 0,
+                                                 "responses": 0, "exceptions": 0, "notifications": 0})
+            if code is not None and (row["code"] is None or code < row["code"]):
+                row["code"] = code
+            for key in ("requests", "responses", "exceptions", "notifications"):
+                row[key] += c[key]
+            row["count"] += c["requests"] + c["responses"] + c["notifications"]
+        table: dict[str, list[dict]] = defaultdict(list)
+        for (proto, _), row in sorted(rows.items(), key=lambda kv: (kv[0][0], -1 if kv[1]["code"] is None else kv[1]["code"], kv[0][1])):
+            table[proto].append(row)
+        return dict(table)
+
+    def gateway_macs(self) -> set[str]:
+        """MACs that stand for routed traffic: a virtual-router MAC, or one seen for many IPs.
+        They say which router a host is reached through, not what the host is."""
+        ips_per_mac: Counter = Counter(mac for h in self.hosts.values() for mac in h.macs)
+        return {mac for mac, n in ips_per_mac.items()
+                if n > MAX_IPS_PER_HOST_MAC or mac.startswith(VIRTUAL_ROUTER_PREFIXES)}
 
     def merge(self, other: "Summary") -> None:
         """Add another shard's aggregate (connections are disjoint between shards)."""
@@ -151,13 +185,14 @@ class Summary:
 
     def report(self, stats: dict, captures: list[str]) -> dict:
         """The analyze summary as plain data (rendered as rich tables or JSON)."""
+        gateways = self.gateway_macs()
         hosts = []
         for ip in sorted(self.hosts, key=_ip_sort_key):
             h = self.hosts[ip]
             role, why = h.role()
-            macs = sorted(h.macs)
+            macs = sorted(h.macs - gateways)
             hosts.append({
-                "ip": ip, "macs": macs,
+                "ip": ip, "macs": macs, "via_gateway": sorted(h.macs & gateways),
                 "vendor": next((v for v in map(mac_vendor, macs) if v), None),
                 "identity": h.identity, "role": role, "role_evidence": why,
                 "serves": sorted(h.served), "uses": sorted(h.used), "flows": h.flows,
@@ -167,11 +202,7 @@ class Summary:
              "requests": sum(c.values())}
             for (s, d, p), c in sorted(self.pairs.items(), key=lambda kv: (_ip_sort_key(kv[0][0]), _ip_sort_key(kv[0][1]), kv[0][2]))
         ]
-        functions: dict[str, list] = defaultdict(list)
-        for (proto, code, name), c in sorted(self.functions.items(), key=lambda kv: (kv[0][0], kv[0][1] if kv[0][1] is not None else -1, kv[0][2])):
-            functions[proto].append({"code": code, "function": name, "count": sum(c[k] for k in ("requests", "responses", "notifications")),
-                                     "requests": c["requests"], "responses": c["responses"],
-                                     "exceptions": c["exceptions"], "notifications": c["notifications"]})
+        functions = self.function_table()
         decode = stats.get("decode", {})
         return {
             "captures": captures,
@@ -182,9 +213,10 @@ class Summary:
             "events": self.events,
             "flows": self.flows,
             "applications": dict(self.apps.most_common()),
+            "gateway_macs": {mac: mac_vendor(mac) for mac in sorted(gateways)},
             "hosts": hosts,
             "communications": talks,
-            "functions": dict(functions),
+            "functions": functions,
             "security": dict(self.security),
             "health": {
                 "malformed_packets": stats.get("malformed_packets", 0),

@@ -16,23 +16,22 @@ from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from otsec.detect.baseline import Baseline, Learner, diff as baseline_diff
 from otsec.detect.checker import Checker
 from otsec.detect.findings import Finding
 from otsec.detect.rules import SEVERITIES, severity_rank
+from otsec.engine import EngineConfig
 from otsec.cli.common import err, fail, load_policy_or_exit, report_damage, run_engine, write_output
-from otsec.report.console import add_plain_row
 from otsec.model import Event, Flow
 from otsec.policy.draft import Drafter
 from otsec.policy.loader import PolicyError, parse_policy
 from otsec.policy.model import Policy
 
-policy_app = typer.Typer(add_completion=False, no_args_is_help=True,
+policy_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                          help="Validate or draft a zones-and-conduits policy.")
-baseline_app = typer.Typer(add_completion=False, no_args_is_help=True,
+baseline_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                            help="Learn, show and compare per-zone communication baselines.")
 
 out = Console(highlight=False, soft_wrap=True)
@@ -54,6 +53,14 @@ def _db(path: Path):
         raise fail(str(exc)) from None
 
 
+def _baseline_db(path: Path) -> Baseline:
+    """The baseline stored in ``path``; a database without one is an error, not an empty baseline."""
+    baseline = _store().load_baseline(_existing_db(path))
+    if not baseline.entries and not baseline.devices:
+        raise fail(f"{path}: holds no baseline (learn one with: otsec baseline learn CAPTURE --policy P --db {path})")
+    return baseline
+
+
 def _existing_db(path: Path):
     if not path.is_file():
         raise fail(f"{path}: no such database")
@@ -62,15 +69,16 @@ def _existing_db(path: Path):
     return _db(path)
 
 
-def _run(paths: list[Path], on_event: Callable[[Event], None], on_flow: Callable[[Flow], None]) -> bool:
+def _run(paths: list[Path], on_event: Callable[[Event], None], on_flow: Callable[[Flow], None],
+         max_flows: int = EngineConfig.max_flows) -> bool:
     """Stream the captures through the engine; True when a capture was damaged (warned)."""
-    return report_damage(run_engine(paths, on_event, on_flow))
+    return report_damage(run_engine(paths, on_event, on_flow, EngineConfig(max_flows=max_flows)))
 
 
 # --- otsec policy ------------------------------------------------------------------------
 
 @policy_app.command("validate")
-def policy_validate(file: Path = typer.Argument(..., help="Policy YAML file.")) -> None:
+def policy_validate(file: Path = typer.Argument(..., metavar="POLICY", help="Policy YAML file.")) -> None:
     """Check a policy; print every problem as FILE:LINE: message (exit 2) or a summary (exit 0)."""
     policy = load_policy_or_exit(file)
     out.print(f"{file}: valid: {policy.summary()}", markup=False)
@@ -95,15 +103,16 @@ def policy_init(
 
 # --- otsec baseline ----------------------------------------------------------------------
 
-def _learn(paths: list[Path], policy: Policy) -> Baseline:
+def _learn(paths: list[Path], policy: Policy) -> tuple[Baseline, bool]:
+    """The baseline of ``paths``, and whether a capture was damaged (already warned)."""
     learner = Learner(policy)
-    _run(paths, learner.on_event, learner.on_flow)
-    return learner.baseline
+    damaged = _run(paths, learner.on_event, learner.on_flow)
+    return learner.baseline, damaged
 
 
 @baseline_app.command("learn")
 def baseline_learn(
-    captures: List[Path] = typer.Argument(..., help="Capture(s) of the learning period."),
+    captures: List[Path] = typer.Argument(..., metavar="CAPTURE...", help="Capture(s) of the learning period."),
     policy_file: Path = typer.Option(..., "--policy", "-p", help="Policy YAML (zones for the zone pairs)."),
     db_path: Path = typer.Option(..., "--db", help="Baseline database (created if needed; learning adds to it)."),
 ) -> None:
@@ -122,12 +131,15 @@ def baseline_learn(
             err.print(f"{p}: already learned, skipped", markup=False)
         else:
             todo[sha] = p
+    damaged = False
     if todo:
-        learned = _learn(list(todo.values()), policy)
+        learned, damaged = _learn(list(todo.values()), policy)
         _store().save_baseline(db, learned, {sha: str(p) for sha, p in todo.items()})
     stored = _store().load_baseline(db)
     out.print(f"{db_path}: {len(stored.entries)} communications, {len(stored.devices)} devices "
               f"({len(todo)} capture(s) learned)", markup=False)
+    if damaged:
+        raise typer.Exit(1)
 
 
 def _entry_dict(e) -> dict:
@@ -142,17 +154,25 @@ def _ts(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _entries_table(title: str, entries) -> Table:
-    t = Table(title=title, title_justify="left")
-    for col in ("zones", "source", "destination", "protocol", "operation", "function", "targets",
-                "count", "first seen", "last seen"):
-        t.add_column(col, overflow="fold")
+def _entries_text(title: str, entries) -> Text:
+    """Learned communications as two-line blocks, readable at any terminal width."""
+    text = Text(f"{title}\n", style="bold")
     for e in entries:
         k = e.key
-        add_plain_row(t, f"{k.src_zone or '-'} -> {k.dst_zone or '-'}", e.src_name or k.src_ip,
-                  e.dst_name or k.dst_ip, f"{k.protocol}/{k.port}", k.op_class or "-", k.function or "-",
-                  e.targets_text() or "-", str(e.count), _ts(e.first_seen), _ts(e.last_seen))
-    return t
+        text.append(f"\n{k.src_zone or '-'} -> {k.dst_zone or '-'}  ", style="cyan")
+        text.append(f"{e.src_name or k.src_ip} -> {e.dst_name or k.dst_ip}  {k.protocol}/{k.port}  "
+                    f"{k.op_class or '-'}  {k.function or '-'}  x{e.count}\n")
+        text.append(f"    targets {e.targets_text() or '-'}; seen {_ts(e.first_seen)} .. {_ts(e.last_seen)}\n")
+    return text
+
+
+def _devices_text(devices) -> Text:
+    text = Text(f"\n{len(devices)} devices\n", style="bold")
+    for d in devices:
+        text.append(f"{d.ip}  {d.name or '(undeclared)'}  {d.zone or '-'}  {', '.join(sorted(d.macs)) or '-'}\n")
+        if d.identity:
+            text.append("    " + ", ".join(f"{k}={v}" for k, v in d.identity.items()) + "\n")
+    return text
 
 
 @baseline_app.command("show")
@@ -161,7 +181,7 @@ def baseline_show(
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table."),
 ) -> None:
     """List the learned communications (and devices) of a baseline."""
-    b = _store().load_baseline(_existing_db(db_path))
+    b = _baseline_db(db_path)
     entries = sorted(b.entries.values(), key=_order)
     if as_json:
         for e in entries:
@@ -171,14 +191,8 @@ def baseline_show(
                                          "macs": sorted(d.macs), "identity": d.identity, "count": d.count,
                                          "first_seen": d.first_seen, "last_seen": d.last_seen}) + "\n")
         return
-    out.print(_entries_table(f"Baseline {db_path}: {len(entries)} communications", entries))
-    t = Table(title=f"{len(b.devices)} devices", title_justify="left")
-    for col in ("ip", "name", "zone", "mac", "identity"):
-        t.add_column(col, overflow="fold")
-    for d in sorted(b.devices.values(), key=lambda d: d.ip):
-        add_plain_row(t, d.ip, d.name or "(undeclared)", d.zone or "-", ", ".join(sorted(d.macs)) or "-",
-                  ", ".join(f"{k}={v}" for k, v in d.identity.items()) or "-")
-    out.print(t)
+    out.print(_entries_text(f"Baseline {db_path}: {len(entries)} communications", entries))
+    out.print(_devices_text(sorted(b.devices.values(), key=lambda d: d.ip)))
 
 
 def _order(e) -> tuple:
@@ -186,10 +200,10 @@ def _order(e) -> tuple:
     return (k.src_zone, k.dst_zone, k.src_ip, k.dst_ip, k.protocol, k.port, k.op_class, k.function)
 
 
-def _side(paths: list[Path], policy_file: Path | None, label: str) -> Baseline:
+def _side(paths: list[Path], policy_file: Path | None, label: str) -> tuple[Baseline, bool]:
     """A baseline database, or captures learned on the fly (needs --policy)."""
     if len(paths) == 1 and _store().is_sqlite(paths[0]):
-        return _store().load_baseline(_existing_db(paths[0]))
+        return _baseline_db(paths[0]), False
     if any(_store().is_sqlite(p) for p in paths):
         raise fail(f"{label}: give one baseline database or only captures, not both")
     if policy_file is None:
@@ -205,9 +219,13 @@ def baseline_diff_cmd(
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of tables."),
 ) -> None:
     """What the NEW side has that the OLD side lacks, what disappeared, and what changed."""
-    a = _side(old, policy_file, "--old")
-    b = _side(new, policy_file, "--new")
-    d = baseline_diff(a, b)
+    (a, old_damaged), (b, new_damaged) = _side(old, policy_file, "--old"), _side(new, policy_file, "--new")
+    _print_diff(baseline_diff(a, b), as_json)
+    if old_damaged or new_damaged:
+        raise typer.Exit(1)
+
+
+def _print_diff(d, as_json: bool) -> None:
     if as_json:
         for change, entries in (("added", d.added), ("removed", d.removed)):
             for e in entries:
@@ -223,11 +241,11 @@ def baseline_diff_cmd(
     out.print(f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} with new targets, "
               f"{len(d.devices_added)} new devices, {len(d.devices_removed)} devices gone", markup=False)
     if d.added:
-        out.print(_entries_table("Added (in --new only)", d.added))
+        out.print(_entries_text("Added (in --new only)", d.added))
     if d.removed:
-        out.print(_entries_table("Removed (in --old only)", d.removed))
+        out.print(_entries_text("Removed (in --old only)", d.removed))
     if d.changed:
-        out.print(_entries_table("Targets changed (shown: --new)", [n for _, n in d.changed]))
+        out.print(_entries_text("Targets changed (shown: --new)", [n for _, n in d.changed]))
     for title, devices in (("New devices", d.devices_added), ("Devices gone", d.devices_removed)):
         if devices:
             out.print(f"{title}: " + ", ".join(f"{x.ip} ({x.name or 'undeclared'})" for x in devices),
@@ -256,7 +274,7 @@ def _findings_text(findings: list[Finding]) -> Text:
 
 
 def check(
-    captures: List[Path] = typer.Argument(..., help="Capture file(s) to check."),
+    captures: List[Path] = typer.Argument(..., metavar="CAPTURE...", help="Capture file(s) to check."),
     policy_file: Path = typer.Option(..., "--policy", "-p", help="Policy YAML."),
     baseline_db: Optional[Path] = typer.Option(
         None, "--baseline", help="Baseline database (enables new-communication findings)."),
@@ -265,15 +283,18 @@ def check(
         None, "--json", help="Write findings as JSON lines to FILE ('-' for stdout)."),
     fail_on: Optional[str] = typer.Option(
         None, "--fail-on", help="Exit 1 when a finding this severe or worse exists: " + ", ".join(SEVERITIES)),
+    max_flows: int = typer.Option(EngineConfig.max_flows, "--max-flows", min=100,
+                                  help="Connections tracked at once (memory bound)."),
 ) -> None:
     """Check captures against the policy (and baseline); report aggregated findings."""
+    fail_on = fail_on.lower() if fail_on is not None else None
     if fail_on is not None and fail_on not in SEVERITIES:
         raise fail(f"--fail-on {fail_on!r}: expected one of {', '.join(SEVERITIES)}")
     policy = load_policy_or_exit(policy_file)
-    baseline = _store().load_baseline(_existing_db(baseline_db)) if baseline_db else None
+    baseline = _baseline_db(baseline_db) if baseline_db else None
     db = _db(db_path) if db_path else None
     checker = Checker(policy, baseline)
-    damaged = _run(captures, checker.on_event, checker.on_flow)
+    damaged = _run(captures, checker.on_event, checker.on_flow, max_flows)
     findings = checker.finish()
     active = [f for f in findings if f.suppressed is None]
     if json_file is not None:

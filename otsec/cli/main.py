@@ -25,7 +25,7 @@ from otsec.cli.common import check_inputs, err, fail, parse_ports, report_damage
 from otsec.engine import EngineConfig
 from otsec.report.console import render_summary
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="OT network security monitor and segmentation auditor.")
 
 
@@ -41,19 +41,22 @@ def open_capture_set(db: Path, captures: list[Path]):
 
 @app.command()
 def analyze(
-    captures: List[Path] = typer.Argument(..., help="pcap or pcapng files, analysed as one stream in the order given"),
+    captures: List[Path] = typer.Argument(..., metavar="CAPTURE...", help="pcap or pcapng files, analysed as one stream in the order given"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write every decoded message as JSON lines to this file ('-' for stdout)"),
     db: Optional[Path] = typer.Option(None, "--db", help="store messages and flows in this SQLite database"),
-    output_format: str = typer.Option("table", "--format", help="summary format: table or json"),
-    port: Optional[List[str]] = typer.Option(None, "--port", help="extra server ports for a decoder, e.g. modbus=5020 (repeatable)"),
+    output_format: str = typer.Option("table", "--format", metavar="table|json", help="summary format"),
+    port: Optional[List[str]] = typer.Option(None, "--port", metavar="NAME=PORT[,PORT]", help="extra server ports for a decoder, e.g. modbus=5020 (repeatable)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on large files"),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="processes to use: connections are split between them, the output is the same as with one"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="processes to use: connections are split between them; the output is the same as with one while the flow table does not overflow"),
+    max_flows: int = typer.Option(EngineConfig.max_flows, "--max-flows", min=100, help="connections tracked at once (memory bound; beyond it the least recently active are retired)"),
 ) -> None:
     """Decode Modbus/TCP, S7comm/S7comm-plus and OPC UA in captures and summarise what talks to what."""
     if output_format not in ("table", "json"):
         raise fail(f"--format {output_format!r}: expected table or json")
     check_inputs(captures)
-    config = EngineConfig(ports=parse_ports(port))
+    if json_out is not None and str(json_out) == "-" and output_format == "json":
+        raise fail("--json - and --format json would both write to stdout: send one of them to a file")
+    config = EngineConfig(ports=parse_ports(port), max_flows=max_flows)
     summary = Summary()
     out = None
     if json_out is not None:

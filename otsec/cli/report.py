@@ -25,9 +25,10 @@ from otsec.policy.model import Policy
 FORMATS = ("html", "md", "json")
 
 
-def _store(db, paths: list[Path], policy: Policy, baseline, policy_file: Path) -> list[int]:
+def _store(db, paths: list[Path], policy: Policy, baseline, policy_file: Path) -> tuple[list[int], bool]:
     """Analyse ``paths`` into ``db`` as ``otsec analyze --db`` does, and store their
-    findings as ``otsec check --db`` does; returns the captures' ids."""
+    findings as ``otsec check --db`` does; returns the captures' ids and whether one was
+    damaged (already warned)."""
     from otsec.store import detect_store
     from otsec.store.db import CaptureSet
 
@@ -44,9 +45,8 @@ def _store(db, paths: list[Path], policy: Policy, baseline, policy_file: Path) -
 
     stats = run_engine(paths, on_event, on_flow, progress=False)
     ids = stored.finish(stats, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-    report_damage(stats)
     detect_store.save_findings(db, checker.finish(), str(policy_file), None, [str(p) for p in dict.fromkeys(paths)])
-    return ids
+    return ids, report_damage(stats)
 
 
 def report(
@@ -77,7 +77,7 @@ def report(
         db = open_db(db_path)
         baseline = detect_store.load_baseline(open_db(baseline_db) if baseline_db else db)
         baseline = baseline if baseline.entries or baseline.devices else None
-        ids = _store(db, list(captures), policy, baseline, policy_file) if captures else None
+        ids, damaged = _store(db, list(captures), policy, baseline, policy_file) if captures else (None, False)
         if ids is None and not source.holds_anything(db):
             raise fail(f"{db_path}: holds no analysed traffic (run otsec analyze --db {db_path} CAPTURE, or pass --from)")
         data = compliance.from_db(db, policy, baseline, policy_path=str(policy_file), capture_ids=ids,
@@ -96,7 +96,8 @@ def report(
         except diagram.DiagramUnavailable as exc:
             warn(f"{exc}; the report has no diagram")
             text = html.render(data, None, str(exc))
-    if not write_output(output, text):
-        return
-    counts = ", ".join(f"{n} {compliance.STATUS_LABELS[s]}" for s, n in data["overall"].items() if n)
-    err.print(f"wrote {output}: {counts}", markup=False)
+    if write_output(output, text):
+        counts = ", ".join(f"{n} {compliance.STATUS_LABELS[s]}" for s, n in data["overall"].items() if n)
+        err.print(f"wrote {output}: {counts}", markup=False)
+    if damaged:
+        raise typer.Exit(1)

@@ -42,7 +42,7 @@ def sensor(
     stats_interval: float = typer.Option(60.0, "--stats-interval", min=1.0, help="Seconds between stats rows and status lines."),
     update_interval: float = typer.Option(300.0, "--update-interval", min=0.0, help="Resend a finding whose count grew at most this often (seconds)."),
     settle: float = typer.Option(10.0, "--settle", min=0.0, help="--pcap-dir: seconds without change before the newest file counts as complete."),
-    port: Optional[List[str]] = typer.Option(None, "--port", help="Extra server ports for a decoder, e.g. modbus=5020 (repeatable)."),
+    port: Optional[List[str]] = typer.Option(None, "--port", metavar="NAME=PORT[,PORT]", help="Extra server ports for a decoder, e.g. modbus=5020 (repeatable)."),
     max_flows: int = typer.Option(EngineConfig.max_flows, "--max-flows", min=100, help="Connections tracked at once (memory bound)."),
     tui: bool = typer.Option(False, "--tui", help="Live view on the terminal instead of a status line per interval."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),

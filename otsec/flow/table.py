@@ -150,11 +150,15 @@ class FlowTable:
             flow.bytes_c2s += len(payload)
             if flow.client_mac is None and src_mac:
                 flow.client_mac = mac_text(src_mac)
+            if flow.server_mac is None and dst_mac:  # the first request already shows it
+                flow.server_mac = mac_text(dst_mac)
         else:
             flow.packets_s2c += 1
             flow.bytes_s2c += len(payload)
             if flow.server_mac is None and src_mac:
                 flow.server_mac = mac_text(src_mac)
+            if flow.client_mac is None and dst_mac:
+                flow.client_mac = mac_text(dst_mac)
         if proto == TCP:
             self._tcp(st, from_client, pkt_no, ts, flags, seq, ack, payload)
 

@@ -108,8 +108,12 @@ def load_policy(path: str | Path) -> Policy:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PolicyError([f"{path}: policy file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([f"{path}: cannot read policy: {exc}"]) from None
+    except IsADirectoryError:
+        raise PolicyError([f"{path}: is a directory, not a policy file"]) from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError([f"{path}: not a text (UTF-8) file: byte {exc.start}"]) from None
+    except OSError as exc:
+        raise PolicyError([f"{path}: cannot read policy: {exc.strerror or exc}"]) from None
     return parse_policy(text, path)
 
 

@@ -39,6 +39,18 @@ def add_plain_row(table: Table, *cells) -> None:
     table.add_row(*(Text("" if c is None else str(c)) for c in cells))
 
 
+def _code_text(protocol: str, code: int | None) -> str:
+    """Codes as Wireshark users read them: Modbus decimal, S7 userdata as group/subfunction,
+    S7 jobs and S7comm-plus hex, OPC UA the service's numeric node id."""
+    if code is None:
+        return ""
+    if protocol == "modbus" or protocol == "opcua":
+        return str(code)
+    if protocol == "s7comm" and code > 0xFF:
+        return f"{code >> 8}/{code & 0xFF}"
+    return f"0x{code:02x}"
+
+
 def render_summary(summary: dict, console: Console) -> None:
     s = summary
     duration = (s["last_ts"] - s["first_ts"]) if s["first_ts"] is not None and s["last_ts"] is not None else 0.0
@@ -47,11 +59,15 @@ def render_summary(summary: dict, console: Console) -> None:
          _time(s["last_ts"]), f"{duration:.1f} s", s["events"], s["flows"])
     console.print(head)
 
-    hosts = _table("Hosts", "IP", "MAC", "vendor (OUI)", "role", "identity", "serves", "uses")
+    hosts = _table("Hosts", "IP", "MAC", "vendor (OUI)", "role", "protocols", "identity")
+    for column in hosts.columns[:2] + hosts.columns[3:4]:   # addresses and roles never split
+        column.no_wrap = True
     for h in s["hosts"]:
         identity = "\n".join(f"{k}: {v}" for k, v in sorted(h["identity"].items()) if k in IDENTITY_SHOWN)
-        add_plain_row(hosts, h["ip"], "\n".join(h["macs"]), h["vendor"] or "", h["role"], identity,
-             ", ".join(h["serves"]), ", ".join(h["uses"]))
+        mac = "\n".join(h["macs"]) or "\n".join(f"via gateway\n{m}" for m in h["via_gateway"])
+        protocols = "\n".join([f"serves {', '.join(h['serves'])}"] * bool(h["serves"]) +
+                              [f"uses {', '.join(h['uses'])}"] * bool(h["uses"]))
+        add_plain_row(hosts, h["ip"], mac, h["vendor"] or "", h["role"], protocols, identity)
     console.print(hosts)
 
     talks = _table("Who talks to whom", "source", "destination", "protocol", "requests", "operations")
@@ -62,13 +78,16 @@ def render_summary(summary: dict, console: Console) -> None:
         add_plain_row(talks, t["src"], t["dst"], t["protocol"], t["requests"], ops)
     if len(pairs) > len(busiest):
         talks.caption = f"the {MAX_PAIRS_SHOWN} busiest of {len(pairs)} pairs; --format json lists all"
-    console.print(talks)
+    if pairs:
+        console.print(talks)
+    else:
+        console.print("No industrial protocol traffic was decoded (see Flows by application below).")
 
     for proto, rows in s["functions"].items():
         table = _table(f"{proto} functions", "code", "function", "count", "requests", "responses",
                        "exceptions/errors", "notifications")
         for r in rows:
-            code = "" if r["code"] is None else (f"0x{r['code']:02x}" if proto != "modbus" else str(r["code"]))
+            code = _code_text(proto, r["code"])
             add_plain_row(table, code, r["function"], r["count"], r["requests"], r["responses"],
                  r["exceptions"], r["notifications"])
         console.print(table)
@@ -81,7 +100,7 @@ def render_summary(summary: dict, console: Console) -> None:
 
     h = s["health"]
     health = _table("Decode health", "measure", "value")
-    for label, key in (("malformed packets", "malformed_packets"),
+    for label, key in (("malformed packets (link/IP/TCP headers)", "malformed_packets"),
                        ("messages with anomaly flags", "messages_with_anomalies"),
                        ("capture gaps (missing TCP data)", "capture_gaps"),
                        ("bytes missing in gaps", "gap_bytes"),

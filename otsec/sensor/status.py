@@ -2,7 +2,8 @@
 with ``--tui`` a rich Live panel refreshed every second.
 
 Both show the same counters as a ``sensor_stats`` row: packets, kernel drops, flows,
-decode errors, findings and new findings per minute.
+decode problems (malformed packets, messages with anomaly flags, decoder errors), findings
+and new findings per minute.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def status_text(row: dict) -> str:
     drops = row.get("kernel_dropped")
     return (f"{row['packets']} packets, kernel drops {'-' if drops is None else drops}, "
             f"flows {row['flows_active']} active / {row['flows_total']} total, "
-            f"decode errors {row['decode_errors']}, findings {row['findings']} "
+            f"decode problems {row['decode_errors']}, findings {row['findings']} "
             f"({row['findings_per_min']:g}/min)")
 
 
@@ -79,7 +80,7 @@ class TuiView:
         t = Table(title=f"otsec sensor on {sensor.source.name} - "
                         f"{'learning' if sensor.learning else 'detecting'} - "
                         f"up {int(now - self.started)} s", title_justify="left")
-        for col in ("packets", "kernel drops", "flows active", "flows total", "decode errors",
+        for col in ("packets", "kernel drops", "flows active", "flows total", "decode problems",
                     "findings", "new findings/min"):
             t.add_column(col, justify="right")
         t.add_row(str(st["packets"]), str(counters.get("kernel_dropped", "-")),

@@ -11,6 +11,7 @@ twice replaces its rows instead of duplicating them.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import sqlite3
 from pathlib import Path
@@ -21,6 +22,10 @@ import sqlite_utils
 from otsec.model import Event, Flow
 
 MIGRATIONS = sqlite_utils.Migrations("otsec")
+
+#: Modules that register their own tables' migrations on MIGRATIONS. open_db imports them
+#: all, so every command brings a database to the same, complete schema.
+MIGRATION_MODULES = ("otsec.store.detect_store", "otsec.sensor.store")
 
 
 @MIGRATIONS(name="0001_captures_events_flows")
@@ -59,6 +64,8 @@ class StoreError(Exception):
 
 def open_db(path: str | Path) -> sqlite_utils.Database:
     """Open (creating if needed) an otsec database in WAL mode with all migrations applied."""
+    for module in MIGRATION_MODULES:
+        importlib.import_module(module)
     try:
         conn = sqlite3.connect(str(path), timeout=30)
         db = sqlite_utils.Database(conn)
