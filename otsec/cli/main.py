@@ -143,6 +143,9 @@ def run() -> None:
         fail(f"internal error: {type(exc).__name__}: {exc} (run with OTSEC_DEBUG=1 for the traceback "
              "and please report it)", 3)
         sys.exit(3)
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
+        err.print("otsec: interrupted; the output is incomplete (a --db database keeps what was "
+                  "stored, with the capture marked unfinished)", markup=False)
     sys.exit(code or 0)
 
 
