@@ -295,6 +295,11 @@ class Sensor:
                 e = self.emitted[key] = _Emitted(seq, evidence, f.count, now)
                 self.new_in_interval += 1
                 self._emit(self._record(f, e, "new"))
+                if f.suppressed is None:
+                    # the log is what an operator watching the terminal or journal sees
+                    dst = f" -> {f.dst.label}" if f.dst else ""
+                    self.log.warning("finding %s %s: %s%s %s: %s", f.severity, f.rule_id, f.src.label,
+                                     dst, f.protocol or "-", f.explanation)
             elif f.count != e.count:
                 self.held.add(key)
             self._unsaved_findings[e.seq] = (e.seq, f, e.evidence)
