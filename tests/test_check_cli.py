@@ -51,7 +51,7 @@ def baseline_db(tmp_path_factory) -> Path:
     db = tmp_path_factory.mktemp("baseline") / "baseline.db"
     r = invoke("baseline", "learn", NORMAL, "--policy", POLICY, "--db", db)
     assert r.exit_code == 0, r.output
-    assert "communications" in r.stdout and "(1 capture(s) learned)" in r.stdout
+    assert "communications" in r.stdout and "(1 capture learned)" in r.stdout
     return db
 
 
@@ -195,7 +195,7 @@ def test_policy_init_drafts_a_valid_policy_that_fits_its_traffic(tmp_path):
 
 def test_baseline_learn_is_idempotent_and_show(baseline_db):
     r = invoke("baseline", "learn", NORMAL, "--policy", POLICY, "--db", baseline_db)
-    assert r.exit_code == 0 and "already learned, skipped" in r.stderr and "(0 capture(s) learned)" in r.stdout
+    assert r.exit_code == 0 and "already learned, skipped" in r.stderr and "(0 captures learned)" in r.stdout
     r = invoke("baseline", "show", "--db", baseline_db, "--json")
     rows = [json.loads(l) for l in r.stdout.splitlines()]
     comms = [x for x in rows if x["type"] == "communication"]

@@ -28,6 +28,7 @@ from otsec.model import Event, Flow
 from otsec.policy.draft import Drafter
 from otsec.policy.loader import PolicyError, parse_policy
 from otsec.policy.model import Policy
+from otsec.report.wording import count
 
 policy_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                          help="Validate or draft a zones-and-conduits policy.")
@@ -137,7 +138,7 @@ def baseline_learn(
         _store().save_baseline(db, learned, {sha: str(p) for sha, p in todo.items()})
     stored = _store().load_baseline(db)
     out.print(f"{db_path}: {len(stored.entries)} communications, {len(stored.devices)} devices "
-              f"({len(todo)} capture(s) learned)", markup=False)
+              f"({count(len(todo), 'capture')} learned)", markup=False)
     if damaged:
         raise typer.Exit(1)
 
@@ -239,7 +240,7 @@ def _print_diff(d, as_json: bool) -> None:
                                              "zone": dev.zone, "macs": sorted(dev.macs)}) + "\n")
         return
     out.print(f"{len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} with new targets, "
-              f"{len(d.devices_added)} new devices, {len(d.devices_removed)} devices gone", markup=False)
+              f"{count(len(d.devices_added), 'new device')}, {count(len(d.devices_removed), 'device')} gone", markup=False)
     if d.added:
         out.print(_entries_text("Added (in --new only)", d.added))
     if d.removed:

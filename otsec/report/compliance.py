@@ -32,6 +32,7 @@ from otsec.detect.checker import Checker
 from otsec.model import Event, Flow
 from otsec.policy.model import Conduit, Located, Policy, Zone, protocol_name
 from otsec.report import source
+from otsec.report.wording import count
 
 SCHEMA_ID = "otsec-compliance-report/1"
 FRAMEWORK = "NCSC secure connectivity principles for operational technology (January 2026)"
@@ -668,7 +669,7 @@ class Assessment:
                             "findings are in this report (run otsec analyze --db on those captures)")
         first = min((c["first_ts"] for c in captures if c["first_ts"] is not None), default=None)
         last = max((c["last_ts"] for c in captures if c["last_ts"] is not None), default=None)
-        span = [f"{len(captures)} capture(s), {self.ev.flows} flows, {self.ev.events} decoded messages"]
+        span = [f"{count(len(captures), 'capture')}, {count(self.ev.flows, 'flow')}, {count(self.ev.events, 'decoded message')}"]
         if first is not None and last is not None:
             span.append(f"from {_time(first)} to {_time(last)} ({_duration(last - first)})")
         keys = {(c.client.ip, c.server.ip, c.protocol, c.port) for c in self.comms}

@@ -15,6 +15,7 @@ from html import escape
 from typing import Iterable
 
 from otsec.report.compliance import OUTSIDE, STATUS_LABELS
+from otsec.report.wording import count
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 #: Elements without content or end tag.
@@ -169,7 +170,7 @@ def _matrix(m: dict) -> Markup:
             if c["conduit"] and c["state"] != "denied":
                 lines.append(f"conduit {c['conduit']}")
             if c["observed_flows"]:
-                lines.append(f"{c['observed_flows']} flows: {', '.join(c['services'])}")
+                lines.append(f"{count(c['observed_flows'], 'flow')}: {', '.join(c['services'])}")
             if c["violation_rules"]:
                 lines.append(", ".join(c["violation_rules"]))
             parts = []
@@ -224,7 +225,7 @@ def render(report: dict, svg: str | None, diagram_problem: str | None = None) ->
               el("p", f"Against the {report['framework']}. Policy {site['policy']} ({site['zones']} zones, "
                       f"{site['assets']} assets, {site['conduits']} conduits). Generated {report['generated_at']}.",
                  class_="meta"),
-              el("p", f"Traffic: {scope['flows']} flows and {scope['events']} decoded messages from "
+              el("p", f"Traffic: {count(scope['flows'], 'flow')} and {count(scope['events'], 'decoded message')} from "
                       f"{_time(scope['first_ts'])} to {_time(scope['last_ts'])}. Baseline: "
                       + (f"{baseline['communications']} communications, {baseline['devices']} devices."
                          if baseline else "none."), class_="meta"),

@@ -12,6 +12,7 @@ import datetime as dt
 import re
 
 from otsec.report.compliance import OUTSIDE, STATUS_LABELS
+from otsec.report.wording import count
 
 #: Characters that open or close inline Markdown syntax (emphasis, code, links, tables,
 #: strike-through); links cannot form without an unescaped ``[``.
@@ -54,7 +55,7 @@ def render(report: dict) -> str:
     L += [f"# Secure connectivity assessment: {md(site['name'])}", "",
           f"Against the {md(report['framework'])}. Policy {md(site['policy'])} ({site['zones']} zones, "
           f"{site['assets']} assets, {site['conduits']} conduits). Generated {md(report['generated_at'])}.", "",
-          f"Traffic: {scope['flows']} flows and {scope['events']} decoded messages from "
+          f"Traffic: {count(scope['flows'], 'flow')} and {count(scope['events'], 'decoded message')} from "
           f"{md(_time(scope['first_ts']))} to {md(_time(scope['last_ts']))}. Baseline: "
           + (f"{scope['baseline']['communications']} communications, {scope['baseline']['devices']} devices."
              if scope["baseline"] else "none."), ""]
@@ -84,7 +85,7 @@ def render(report: dict) -> str:
             if c["conduit"] and c["state"] != "denied":
                 text += f"; conduit {c['conduit']}"
             if c["observed_flows"]:
-                text += f"; {c['observed_flows']} flows: {', '.join(c['services'])}"
+                text += f"; {count(c['observed_flows'], 'flow')}: {', '.join(c['services'])}"
             if c["violation_rules"]:
                 text += "; " + ", ".join(c["violation_rules"])
             row.append(text)
