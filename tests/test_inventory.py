@@ -93,3 +93,19 @@ def test_cotp_connection_setup_counts_under_s7comm():
     s.add_event(ev("a", "b", "request", "read", "s7comm", "Read Var"))
     (pair,) = s.report({}, [])["communications"]
     assert pair["protocol"] == "s7comm" and pair["operations"] == {"read": 1, "session": 1}
+
+
+def test_a_client_whose_requests_are_mostly_rejected_is_a_scanner():
+    events = []
+    for fc in range(60, 66):
+        events += [ev("10.0.0.5", "10.0.0.20", "request", "other"),
+                   ev("10.0.0.20", "10.0.0.5", "response", "other", result="exception")]
+    assert roles(events)["10.0.0.5"] == "scanner"
+
+
+def test_multicast_destinations_are_not_hosts():
+    from otsec.model import Flow
+
+    s = Summary()
+    s.add_flow(Flow("1:x", "udp", "10.0.0.5", 5000, "239.255.255.250", 1900))
+    assert [h["ip"] for h in s.report({}, [])["hosts"]] == ["10.0.0.5"]

@@ -7,6 +7,7 @@ size of the plant, not of the capture.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -21,7 +22,10 @@ CONTROLLER_PROTOCOLS = frozenset({"modbus", "s7comm", "s7comm-plus"})
 TRANSPORT_OF = {"cotp": "s7comm"}
 #: Identity keys that only a controller reports about itself.
 CONTROLLER_IDENTITY_KEYS = frozenset({"order_number", "module", "product_code", "firmware"})
-ROLES = ("plc", "engineering_workstation", "hmi", "historian", "server", "unknown")
+ROLES = ("plc", "engineering_workstation", "hmi", "historian", "scanner", "server", "unknown")
+#: A client whose requests were mostly rejected (exception/error answers) is probing, not
+#: operating: at least this many requests, at least half of them rejected.
+SCANNER_MIN_REQUESTS = 5
 
 
 #: Virtual-router MAC prefixes (VRRP, HSRP v1/v2): such a MAC is a gateway's, never a host's.
@@ -50,6 +54,7 @@ class Host:
     sent_classes: Counter = field(default_factory=Counter)  # op_class of requests this host sent
     peers_as_client: set[str] = field(default_factory=set)  # controllers/servers it queried
     clients: set[str] = field(default_factory=set)
+    rejected: int = 0                                        # its requests answered with an exception/error
     flows: int = 0
 
     def role(self) -> tuple[str, str]:
@@ -62,6 +67,9 @@ class Host:
             what = ", ".join(sorted(p for p in self.served if p in CONTROLLER_PROTOCOLS))
             return "plc", f"answers {what or 'controller'} requests"
         sent = self.sent_classes
+        requests = sum(self.used.values())
+        if requests >= SCANNER_MIN_REQUESTS and 2 * self.rejected >= requests:
+            return "scanner", f"{self.rejected} of its {requests} requests were rejected"
         ot_used = sorted(p for p in self.used if p in CONTROLLER_PROTOCOLS)
         if sent["program"] or (sent["control"] and not sent["write"]):
             return "engineering_workstation", (
@@ -119,6 +127,7 @@ class Summary:
             src.served[protocol] += 1
             if ev.result in ("exception", "error"):
                 fn["exceptions"] += 1
+                self.host(ev.dst_ip).rejected += 1
         else:
             fn["notifications"] += 1
         for flag in ev.anomalies:
@@ -131,6 +140,8 @@ class Summary:
         self.flows += 1
         self.apps[flow.app] += 1
         for ip, mac in ((flow.client_ip, flow.client_mac), (flow.server_ip, flow.server_mac)):
+            if _group_address(ip):
+                continue  # multicast/broadcast destinations are not hosts
             host = self.host(ip)
             host.flows += 1
             if mac:
@@ -172,6 +183,7 @@ class Summary:
             mine.sent_classes.update(theirs.sent_classes)
             mine.peers_as_client |= theirs.peers_as_client
             mine.clients |= theirs.clients
+            mine.rejected += theirs.rejected
             mine.flows += theirs.flows
         for key, counts in other.pairs.items():
             self.pairs[key].update(counts)
@@ -238,6 +250,14 @@ class Summary:
                 "capture_errors": stats.get("capture_errors", []),
             },
         }
+
+
+def _group_address(ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return address.is_multicast or ip == "255.255.255.255"
 
 
 def _ip_sort_key(ip: str) -> tuple:
