@@ -24,7 +24,7 @@ from otsec.capture import MALFORMED_REASONS, CaptureError, CaptureReader, parse_
 from otsec.decoders.base import Decoder
 from otsec.decoders.registry import BUILTIN
 from otsec.flow.session import Health
-from otsec.flow.table import FlowTable
+from otsec.flow.table import DEFAULT_MAX_FLOWS, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, FlowTable
 from otsec.model import Event, Flow
 
 
@@ -37,11 +37,10 @@ class EngineConfig:
     ports: dict[str, tuple[int, ...]] = field(default_factory=dict)
     #: Connections tracked at once. Beyond it the least recently active are retired
     #: (counted as evicted); about 3 KB each, so the default bounds the table near 30 MB.
-    max_flows: int = 10_000
-    #: Seconds without a packet before a connection is retired (Zeek's TCP inactivity
-    #: timeout is 5 minutes; industrial polling is far more frequent than that).
-    tcp_idle_timeout: float = 300.0
-    udp_idle_timeout: float = 60.0
+    max_flows: int = DEFAULT_MAX_FLOWS
+    #: Seconds without a packet before a connection is retired.
+    tcp_idle_timeout: float = DEFAULT_TCP_IDLE
+    udp_idle_timeout: float = DEFAULT_UDP_IDLE
     #: (index, count): decode only the connections of this shard (set by analyze(jobs=N)).
     shard: tuple[int, int] | None = None
 

@@ -34,6 +34,16 @@ DETECTION_ATTEMPTS = 8
 #: and while waiting for the rest of a recognised first message off its usual port.
 DETECTION_WINDOW = 64
 MAX_MESSAGE_AWAITED = 16 * 1024
+#: Bounds on the table (EngineConfig exposes them): connections held at once (~3 KB each),
+#: seconds without a packet before a TCP/UDP conversation is retired (Zeek's TCP inactivity
+#: timeout is 5 minutes; industrial polling is far more frequent), and how long a closed
+#: connection lingers for late retransmissions.
+DEFAULT_MAX_FLOWS = 10_000
+DEFAULT_TCP_IDLE = 300.0
+DEFAULT_UDP_IDLE = 60.0
+CLOSED_LINGER = 5.0
+#: Seconds of capture time between two sweeps for idle connections.
+SWEEP_INTERVAL = 10.0
 _TRANSPORT = {TCP: "tcp", UDP: "udp", 1: "icmp", 58: "icmp6"}
 
 
@@ -88,8 +98,9 @@ class FlowTable:
 
     def __init__(self, decoders: tuple[Decoder, ...], ports: dict[str, tuple[int, ...]],
                  on_event: Callable[[Event], None], on_flow: Callable[[Flow], None],
-                 health: Health, *, max_flows: int = 100_000, tcp_idle: float = 3600.0,
-                 udp_idle: float = 120.0, closed_linger: float = 5.0):
+                 health: Health, *, max_flows: int = DEFAULT_MAX_FLOWS,
+                 tcp_idle: float = DEFAULT_TCP_IDLE, udp_idle: float = DEFAULT_UDP_IDLE,
+                 closed_linger: float = CLOSED_LINGER):
         self.decoders = decoders
         self.by_port: dict[int, list[Decoder]] = {}
         self.ports_of: dict[str, frozenset[int]] = {}
@@ -353,7 +364,7 @@ class FlowTable:
         self.on_flow(flow)
 
     def _sweep(self, now: float) -> None:
-        self._next_sweep = now + 10.0
+        self._next_sweep = now + SWEEP_INTERVAL
         for st in list(self.states.values()):
             idle = now - st.flow.last_ts
             limit = self.closed_linger if st.closed else (
