@@ -232,6 +232,8 @@ class FlowTable:
             st.attempts -= 1
             data = b""
         st.undetected[from_client] = data
+        if st.attempts <= 0:
+            st.undetected = [b"", b""]   # given up: nothing more is held for this connection
         return b""
 
     def _emit(self, st: FlowState, from_client: bool, events: list[Event], pkt_no: int, ts: float) -> None:
