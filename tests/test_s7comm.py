@@ -64,8 +64,38 @@ PLUS_SESSION = tpkt(bytes.fromhex(
     "8480c040823f00151b313b36455337203231312d31424533312d30584230203b56332e"
     "308240001505323b32383882410003000300a20000000072010000"))
 
+# Userdata "Modify variable" request (programmer commands, group 1 subfunction 8), as a
+# STEP 7 variable table sends it: param 0x000112 len 8 method 0x12 | type 4 group 1 | sub 8 |
+# seq 0 | dunit 0 | last 0 | error 0; data rc 0xff, size 0x09, length 34 |
+# TIS param size 4, data size 26 | 4 param bytes | item count 2 |
+# MW (0x02) x1, DB 0, start 4 | DBB (0x71) x2, DB 5, start 10 |
+# data item rc 0, size 9, len 2, 0xdead | data item rc 0, size 9, len 2, 0xbeef
+MODIFY_VAR = tpkt(bytes.fromhex(
+    "32070000aa01000c0026" "000112081241080000000000" "ff090022"
+    "0004001a" "00000001" "0002" "020100000004" "71020005000a"
+    "00090002dead" "00090002beef"))
+# Userdata "Change driven transfer" subscription (group 2 subfunction 5): data rc 0xff,
+# size 9, length 16 | item count 1 | timebase 1, factor 2 | S7ANY item DB7.DBB 20 BYTE 4
+CYCLIC_SUB = tpkt(bytes.fromhex(
+    "3207000055010008" "0014" "0001120411420500" "ff090010"
+    "0001" "0102" "120a100200040007840000a0"))
+
 ALL_MESSAGES = [COTP_CR, SETUP, READ_REQ, READ_RESP, WRITE_REQ, PLC_STOP, DOWNLOAD, SZL_RESP,
-                SET_CLOCK, PASSWORD, PLUS_STOP, PLUS_SESSION]
+                SET_CLOCK, PASSWORD, PLUS_STOP, PLUS_SESSION, MODIFY_VAR, CYCLIC_SUB]
+
+
+def test_modify_variable_is_a_write_with_area_targets():
+    ev = one(MODIFY_VAR)
+    assert (ev.kind, ev.function, ev.op_class) == ("request", "Modify variable", "write")
+    assert ev.targets == [Target(kind="area", area="M", start=4, count=2),
+                          Target(kind="area", area="DB", db=5, start=10, count=2)]
+    assert [v["value"] for v in ev.detail["values"]] == ["dead", "beef"]
+
+
+def test_cyclic_subscription_targets_its_items():
+    ev = one(CYCLIC_SUB)
+    assert (ev.function, ev.op_class, ev.detail["item_count"]) == ("Change driven transfer", "read", 1)
+    assert ev.targets == [Target(kind="area", area="DB", db=7, start=20, count=4)]
 
 
 def test_cotp_connect_request_tsaps_and_rack_slot():
@@ -109,7 +139,7 @@ def test_write_var_target_and_bounded_value():
     ev = one(WRITE_REQ)
     assert (ev.function, ev.op_class) == ("Write Var", "write")
     assert ev.targets == [Target(kind="area", area="DB", db=10, start=4, count=2)]
-    assert ev.detail["values"] == [{"transport_size": 4, "length": 2, "value": "1234"}]
+    assert ev.detail["values"] == [{"return_code": 0, "transport_size": 4, "length": 2, "value": "1234"}]
 
 
 def test_plc_stop_is_control_with_pi_target():

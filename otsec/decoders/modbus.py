@@ -402,13 +402,14 @@ def _write_file(ev: Event, data: bytes, ctx: dict) -> None:
 
 
 def _mask_write(ev: Event, data: bytes, ctx: dict) -> None:
-    addr, and_mask, or_mask = _U16X3.unpack_from(data)
+    """FC 22 request and echo. The address is taken first, so a request cut short
+    still names the register it writes."""
+    addr = _U16.unpack_from(data)[0]
     detail = ev.detail
     detail["start"] = addr
-    detail["and_mask"] = and_mask
-    detail["or_mask"] = or_mask
     if ev.kind == "request":
         ev.targets.append(Target("holding_register", addr, 1))
+    detail["and_mask"], detail["or_mask"] = _U16X2.unpack_from(data, 2)
     _exact(ev, data, 6)
 
 

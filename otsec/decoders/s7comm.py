@@ -229,6 +229,23 @@ UD_SUBFUNCTIONS = {
 MODE_NAMES = {0: "STOP", 1: "Warm Restart", 2: "RUN", 3: "Hot Restart", 4: "HOLD",
               6: "Cold Restart", 9: "RUN_R (H-System redundant)", 11: "LINK-UP", 12: "UPDATE"}
 SUB_READ_SZL = 1
+UD_GROUP_PROGRAMMER = 1
+UD_GROUP_CYCLIC = 2
+#: Cyclic-services subfunctions whose request subscribes to a list of addresses (item
+#: count, interval timebase, interval factor, then Read Var style items) and whose
+#: responses and pushes carry the values (item count, then Read Var style data items).
+CYCLIC_SUBSCRIBE = frozenset({1, 5, 7})
+#: Programmer-command subfunctions whose request lists variable addresses (TIS data):
+#: Variable status (read) and Modify variable (write, e.g. from a STEP 7 variable table).
+SUB_VARIABLE_STATUS, SUB_MODIFY_VARIABLE = 2, 8
+#: TIS variable address item: memory area, repetition factor (bit number for X areas),
+#: DB number, start byte (element number for timers and counters).
+_TIS_ITEM = struct.Struct(">BBHH")
+#: TIS memory area high nibble -> target area; low nibble is the width (0 bit, 1 byte,
+#: 2 word, 3 double word), as in Wireshark's ``s7comm.varstat.req.memory_area``.
+TIS_AREAS = {0x0: "M", 0x1: "I", 0x2: "Q", 0x3: "P", 0x7: "DB"}
+TIS_TIMER, TIS_COUNTER = 0x54, 0x64
+_TIS_WIDTH = {0: 1, 1: 1, 2: 2, 3: 4}
 SZL_MODULE_ID = 0x11          # partial list number of module identification
 SZL_COMPONENT_ID = 0x1C       # partial list number of component identification
 _IDENTIFY_SZL = frozenset({SZL_MODULE_ID, SZL_COMPONENT_ID})
@@ -482,8 +499,8 @@ def _job_parameters(ev: Event, func: int, param: bytes, data: bytes, state: S7St
         ev.detail["items"] = items
         if func == F_WRITE_VAR:
             values = _data_items(data, count)
-            ev.detail["values"] = [{"transport_size": ts, "length": ln, "value": val}
-                                   for _, ts, ln, val in values[:MAX_DETAIL_ITEMS]]
+            ev.detail["values"] = [{"return_code": rc, "transport_size": ts, "length": ln,
+                                    "value": val} for rc, ts, ln, val in values[:MAX_DETAIL_ITEMS]]
     elif func in _FILENAME_FUNCTIONS:
         name = param[9:9 + param[8]].decode("latin-1")
         ev.targets.append(_block_target(name, ev))
@@ -641,7 +658,7 @@ def _decode_ack(ev: Event, p: bytes, param: bytes, data: bytes, key: tuple,
     if not param:
         return
     if func in (F_READ_VAR, F_WRITE_VAR):
-        count = param[1]
+        count = ev.detail["item_count"] = param[1]
         if func == F_READ_VAR:
             codes = [rc for rc, _, _, _ in _data_items(data, count)]
         else:
@@ -693,12 +710,17 @@ def _decode_userdata(ev: Event, param: bytes, data: bytes, from_client: bool, pd
         known = UD_SUBFUNCTIONS.get(group, {}).get(sub)
         ev.function, ev.op_class = known if known else (
             f"{UD_GROUPS.get(group, f'Group 0x{group:x}')} subfunction {sub}", "other")
+    rc = data[0] if data else None
+    if rc is not None:
+        detail["return_code"] = rc
+    payload = data[4:4 + (data[2] << 8 | data[3])] if len(data) >= 4 else b""
+    if group == UD_GROUP_CYCLIC and sub in CYCLIC_SUBSCRIBE and ev.kind != "request" \
+            and rc == RC_SUCCESS and len(payload) >= 2:
+        _cyclic_values(ev, payload)
     if ev.kind == "notification":
         return
     requester_is_client = from_client if ev.kind == "request" else not from_client
     ev.pair_key = ("s7comm-ud", requester_is_client, pdu_ref, group, sub)
-    rc = data[0] if data else None
-    payload = data[4:4 + (data[2] << 8 | data[3])] if len(data) >= 4 else b""
     if ev.kind == "request":
         _ud_request(ev, group, sub, payload, state)
     else:
@@ -729,10 +751,67 @@ def _ud_request(ev: Event, group: int, sub: int, payload: bytes, state: S7State)
         if szl_id & 0xFF in _IDENTIFY_SZL:
             ev.op_class = "identify"
         first_szl = True
+    elif group == UD_GROUP_CYCLIC and sub in CYCLIC_SUBSCRIBE and len(payload) >= 4:
+        count = ev.detail["item_count"] = int.from_bytes(payload[0:2], "big")
+        ev.detail["items"] = _param_items(payload[2:], count, ev)
+    elif group == UD_GROUP_PROGRAMMER and sub in (SUB_VARIABLE_STATUS, SUB_MODIFY_VARIABLE):
+        _tis_items(ev, payload, sub == SUB_MODIFY_VARIABLE)
     elif group == UD_GROUP_SECURITY:
         ev.detail["password_attempt"] = True      # the (weakly obfuscated) password is never kept
     _remember(state.pending, ev.pair_key,
               (ev.function_code, ev.function, ev.op_class, ev.targets, first_szl), MAX_PENDING)
+
+
+def _cyclic_values(ev: Event, payload: bytes) -> None:
+    """Item count and per-item return codes of cyclic data; a cut item list is flagged
+    without losing the pairing done after it."""
+    count = ev.detail["item_count"] = int.from_bytes(payload[0:2], "big")
+    try:
+        codes = [code for code, _, _, _ in _data_items(payload[2:], count)]
+    except (IndexError, struct.error):
+        ev.anomalies.append("s7comm.truncated_pdu")
+        return
+    ev.detail["item_return_codes"] = [_RC_NAMES[code] for code in codes[:MAX_DETAIL_ITEMS]]
+
+
+def _tis_items(ev: Event, payload: bytes, writes: bool) -> None:
+    """TIS request: parameter size, data size, parameters, item count, address items,
+    then (Modify variable) one data item per address with the value written."""
+    param_size = int.from_bytes(payload[0:2], "big")
+    at = 4 + param_size
+    count = int.from_bytes(payload[at:at + 2], "big")
+    ev.detail["item_count"] = count
+    items = []
+    at += 2
+    for _ in range(count):
+        area, rep, db, start = _TIS_ITEM.unpack_from(payload, at)
+        at += _TIS_ITEM.size
+        if area in (TIS_TIMER, TIS_COUNTER):
+            target = Target(kind="area", area="T" if area == TIS_TIMER else "C", start=start,
+                            count=2 * rep)
+            item = {"area": target.area, "address": start, "length": rep}
+        else:
+            short = TIS_AREAS.get(area >> 4, f"0x{area:02x}")
+            width = _TIS_WIDTH.get(area & 0x0F)
+            is_db = short == "DB"
+            bit = rep if area & 0x0F == 0 else None
+            count_bytes = 1 if bit is not None else (width or 1) * rep
+            target = Target(kind="area", area=short, db=db if is_db else None, start=start,
+                            count=count_bytes)
+            item = {"area": short, "address": start, "length": rep if bit is None else 1}
+            if bit is not None:
+                item["bit"] = bit
+            if is_db:
+                item["db"] = db
+        item["memory_area"] = area
+        if len(items) < MAX_DETAIL_ITEMS:
+            items.append(item)
+            ev.targets.append(target)
+    ev.detail["items"] = items
+    if writes:
+        values = _data_items(payload[at:], count)
+        ev.detail["values"] = [{"return_code": rc, "transport_size": ts, "length": ln,
+                                "value": val} for rc, ts, ln, val in values[:MAX_DETAIL_ITEMS]]
 
 
 def _szl_response(ev: Event, payload: bytes) -> None:
