@@ -132,3 +132,16 @@ def test_first_request_without_handshake_already_names_the_server_mac():
     run.table.finish()
     (req,) = run.events
     assert req.dst_mac == "00:80:f4:00:00:02" and run.flows[0].server_mac == "00:80:f4:00:00:02"
+
+
+def test_data_held_behind_a_gap_is_released_before_the_packet_that_acknowledges_it():
+    """A request after uncaptured bytes comes out before its response, at its own packet."""
+    run = Run()
+    handshake(run)
+    lost, req, resp = msg(b"q", 1, b"lost"), msg(b"q", 2, b"req"), msg(b"r", 2, b"req")
+    run(pkt(A, 40000, B, 9999, seq=101 + len(lost), payload=req))          # packet 4, after a hole
+    run(pkt(B, 9999, A, 40000, ACK, seq=501, ack=101 + len(lost) + len(req), payload=resp))  # 5
+    run.table.finish()
+    (request, response) = run.events
+    assert (request.kind, request.packet, request.ts) == ("request", 4, 4.0)
+    assert response.kind == "response" and response.request_packet == 4 and not response.anomalies

@@ -35,26 +35,31 @@ def seq_diff(a: int, b: int) -> int:
 class Stream:
     """One direction of a TCP connection."""
 
-    __slots__ = ("next_seq", "queue", "queued_bytes", "gaps", "gap_bytes", "overlap_conflicts",
-                 "retransmitted_bytes", "gapped")
+    __slots__ = ("next_seq", "queue", "arrival", "queued_bytes", "gaps", "gap_bytes",
+                 "overlap_conflicts", "retransmitted_bytes", "gapped", "completed_at")
 
     def __init__(self) -> None:
         self.next_seq: int | None = None   # next byte expected; None until the first segment/SYN
         self.queue: dict[int, bytes] | None = None  # out-of-order segments by seq (made when needed)
+        self.arrival: dict[int, tuple[int, float]] = {}  # queued seq -> (packet, ts) it came in
         self.queued_bytes = 0
         self.gaps = 0
         self.gap_bytes = 0
         self.overlap_conflicts = 0
         self.retransmitted_bytes = 0
         self.gapped = False                # set when the data returned last follows a gap
+        #: (packet, ts) of the latest segment in the data returned last from the queue: the
+        #: packet that completed it, as Wireshark reports a reassembled message
+        self.completed_at: tuple[int, float] = (0, 0.0)
 
     def syn(self, seq: int) -> None:
         """A SYN fixes the initial sequence number: data starts at seq + 1."""
         if self.next_seq is None:
             self.next_seq = (seq + 1) & 0xFFFFFFFF
 
-    def push(self, seq: int, data: bytes) -> bytes:
-        """Add a segment; return the bytes that became contiguous (possibly empty)."""
+    def push(self, seq: int, data: bytes, packet: int = 0, ts: float = 0.0) -> bytes:
+        """Add a segment (arrived in ``packet`` at ``ts``); return the bytes that became
+        contiguous (possibly empty). They were completed by this segment."""
         self.gapped = False
         if self.next_seq is None:
             self.next_seq = seq
@@ -73,7 +78,7 @@ class Stream:
         if d == 0:
             self.next_seq = (seq + len(data)) & 0xFFFFFFFF
             return data + self._drain() if self.queue else data
-        self._enqueue(seq, data)
+        self._enqueue(seq, data, (packet, ts))
         if len(self.queue) > MAX_QUEUED_SEGMENTS or self.queued_bytes > MAX_QUEUED_BYTES:
             return self.skip_gap()
         return b""
@@ -81,7 +86,8 @@ class Stream:
     def acked(self, ack: int) -> bytes:
         """The peer acknowledged up to ``ack``: a queued hole below it will never be filled.
 
-        Called only while segments are queued; returns data released by the gap.
+        Called only while segments are queued; returns data released by the gap
+        (completed in :attr:`completed_at`).
         """
         if self.queue and self.next_seq is not None and seq_diff(ack, self.next_seq) > 0:
             return self.skip_gap()
@@ -96,13 +102,15 @@ class Stream:
         self.gaps += 1
         self.gap_bytes += max(missing, 0)
         self.next_seq = first
+        self.completed_at = (0, 0.0)
         out = self._drain()
         self.gapped = True
         return out
 
-    def _enqueue(self, seq: int, data: bytes) -> None:
+    def _enqueue(self, seq: int, data: bytes, when: tuple[int, float]) -> None:
         if self.queue is None:
             self.queue = {}
+        self.arrival[seq] = max(self.arrival.get(seq, when), when)
         held = self.queue.get(seq)
         if held is not None:
             if len(held) >= len(data):
@@ -129,6 +137,7 @@ class Stream:
                     break
             else:
                 self.queued_bytes -= len(seg)
+                self._arrived(self.next_seq)
             parts.append(seg)
             self.next_seq = (self.next_seq + len(seg)) & 0xFFFFFFFF
         return b"".join(parts)
@@ -140,8 +149,14 @@ class Stream:
             if d < 0:
                 seg = self.queue.pop(seq)
                 self.queued_bytes -= len(seg)
+                self._arrived(seq)
                 if -d < len(seg):
                     self.retransmitted_bytes += -d
                     return seg[-d:]
                 self.retransmitted_bytes += len(seg)
         return None
+
+    def _arrived(self, seq: int) -> None:
+        when = self.arrival.pop(seq, None)
+        if when is not None and when > self.completed_at:
+            self.completed_at = when

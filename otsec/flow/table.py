@@ -178,16 +178,17 @@ class FlowTable:
         stream = st.streams[from_client]
         if flags & SYN:
             stream.syn(seq)
-        if payload and (st.session is not None or st.attempts > 0):  # else: nothing to decode
-            data = stream.push(seq, payload)
-            if data:
-                self._deliver(st, from_client, data, stream.gapped, pkt_no, ts)
         if flags & ACK:
+            # first what this ACK gives up waiting for: the peer sent it before this packet
             other = st.streams[not from_client]
             if other.queue:
                 data = other.acked(ack)
                 if data:
-                    self._deliver(st, not from_client, data, True, pkt_no, ts)
+                    self._deliver(st, not from_client, data, True, *other.completed_at)
+        if payload and (st.session is not None or st.attempts > 0):  # else: nothing to decode
+            data = stream.push(seq, payload, pkt_no, ts)
+            if data:
+                self._deliver(st, from_client, data, stream.gapped, pkt_no, ts)
         if flags & (FIN | RST) and not st.closed:
             # ended, but a retransmission may still fill a hole: the queued data is only
             # given up when the flow is retired (linger timeout, reuse, end of input)
@@ -345,7 +346,7 @@ class FlowTable:
             while stream.queue:
                 data = stream.skip_gap()
                 if data:
-                    self._deliver(st, from_client, data, True, st.flow.last_packet, st.flow.last_ts)
+                    self._deliver(st, from_client, data, True, *stream.completed_at)
         if st.session is not None:
             st.session.finish()
         for key in st.keys:
