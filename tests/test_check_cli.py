@@ -219,3 +219,14 @@ def test_baseline_diff_db_vs_captures(baseline_db, tmp_path):
     assert same.exit_code == 0 and same.stdout.startswith("0 added, 0 removed, 0 with new targets")
     r = invoke("baseline", "diff", "--old", NORMAL, "--new", INCIDENT)
     assert r.exit_code == 2 and "comparing captures needs --policy" in r.stderr
+
+
+def test_check_and_baseline_diff_name_the_side_outside_every_zone_alike(baseline_db, tmp_path):
+    # incident #6: plc-modbus opens HTTPS to 203.0.113.5, an address in no zone
+    r = invoke("check", INCIDENT, "--policy", POLICY)
+    line = next(l for l in r.stdout.splitlines() if "OTSEC-EXTERNAL-001" in l)
+    assert "plc-modbus [field] -> 203.0.113.5 [external]" in line
+    r = invoke("baseline", "diff", "--old", baseline_db, "--new", INCIDENT, "--policy", POLICY)
+    assert r.exit_code == 0, r.output
+    assert "field -> external  plc-modbus -> 203.0.113.5  https/443" in r.stdout
+    assert " -> -  " not in r.stdout and "- -> " not in r.stdout

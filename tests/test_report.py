@@ -153,7 +153,7 @@ def test_inventory_matrix_and_diagram(incident):
     assert rep["conduit_matrix"]["zones"] == ["enterprise", "dmz", "operations", "control", "field", "(outside)"]
     assert cells[("enterprise", "field")]["state"] == "violation"
     assert cells[("enterprise", "field")]["violation_rules"] == ["OTSEC-CONDUIT-001"]
-    assert cells[("operations", "control")]["state"] == "allowed, unused"
+    assert cells[("operations", "control")]["state"] == "conduit, unused"
     assert cells[("enterprise", "dmz")]["state"] == "allowed, used"
     assert cells[("field", "(outside)")]["violation_rules"] == ["OTSEC-EXTERNAL-001"]
     assert cells[("field", "control")]["state"] == "denied"

@@ -5,6 +5,7 @@ Markdown and the diagram sanitiser."""
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import re
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from markdown_it import MarkdownIt
 from typer.testing import CliRunner
 
 from otsec.cli.report import report
@@ -121,13 +123,33 @@ def test_hostile_device_names_are_escaped(tmp_path):
     assert "<script" not in r.stdout and "<img" not in r.stdout
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in r.stdout   # shown as text in the inventory
     md = make_report(tmp_path, "md").read_text()           # the same database, no --from
-    assert "<script" not in md and "<img" not in md
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in md and r"\|\*\*x\*\*" in md
+    assert r"\<script>alert(1)\</script>" in md and r"\<img src=x onerror=alert(2)>\|\*\*x\*\*" in md
+    shown = render_markdown(md)                            # as a CommonMark viewer (raw HTML on) shows it
+    assert "<script" not in shown and "<img" not in shown and "<strong>x" not in shown
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in shown
 
 
-def test_markdown_escaping_of_syntax_and_html():
-    assert markdown.md("a|b *c* <b>&") == r"a\|b \*c\* &lt;b&gt;&amp;"
-    assert markdown.md("two\nlines") == "two lines"
+def render_markdown(text: str) -> str:
+    """HTML of ``text`` as a CommonMark viewer that passes raw HTML through renders it."""
+    return MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+
+
+@pytest.mark.parametrize("wire,raw", [
+    ("hmi-1 -> plc-modbus", "hmi-1 -> plc-modbus"),         # readable: no entities, no needless escapes
+    ("a < b & R&D", "a < b & R&D"),
+    ("a|b *c* _d_ `e` ~f~ [g](h)", r"a\|b \*c\* \_d\_ \`e\` \~f\~ \[g\](h)"),
+    ("<b>x</b> &lt; &#60;", r"\<b>x\</b> \&lt; \&#60;"),
+    ("<!-- c --> <?php ?> <http://evil>", r"\<!-- c --> \<?php ?> \<http://evil>"),
+    ("# heading", r"\# heading"), ("> quote", r"\> quote"), ("- item", r"\- item"), ("1. item", r"1\. item"),
+    ("-", r"\-"), ("2026-01-05", "2026-01-05"), ("two\nlines", "two lines"),
+])
+def test_markdown_escaping_keeps_wire_text_literal_and_readable(wire, raw):
+    assert markdown.md(wire) == raw
+    # in a list item and in a table cell the viewer shows exactly the wire text
+    item = render_markdown("- " + markdown.md(wire))
+    assert html.unescape(re.sub(r"<[^>]+>", "", item)).strip() == " ".join(wire.split())
+    cell = render_markdown(f"| a |\n|---|\n| {markdown.md(wire)} |\n")
+    assert html.unescape(re.sub(r"<[^>]+>", "", cell)).split() == ["a"] + wire.split()
 
 
 def test_svg_sanitiser_keeps_shapes_and_drops_everything_active():

@@ -28,7 +28,7 @@ from otsec.model import Event, Flow
 from otsec.policy.draft import Drafter
 from otsec.policy.loader import PolicyError, parse_policy
 from otsec.policy.model import Policy
-from otsec.report.wording import count
+from otsec.report.wording import count, zone_label
 
 policy_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                          help="Validate or draft a zones-and-conduits policy.")
@@ -160,7 +160,7 @@ def _entries_text(title: str, entries) -> Text:
     text = Text(f"{title}\n", style="bold")
     for e in entries:
         k = e.key
-        text.append(f"\n{k.src_zone or '-'} -> {k.dst_zone or '-'}  ", style="cyan")
+        text.append(f"\n{zone_label(k.src_zone)} -> {zone_label(k.dst_zone)}  ", style="cyan")
         text.append(f"{e.src_name or k.src_ip} -> {e.dst_name or k.dst_ip}  {k.protocol}/{k.port}  "
                     f"{k.op_class or '-'}  {k.function or '-'}  x{e.count}\n")
         text.append(f"    targets {e.targets_text() or '-'}; seen {_ts(e.first_seen)} .. {_ts(e.last_seen)}\n")
@@ -170,7 +170,7 @@ def _entries_text(title: str, entries) -> Text:
 def _devices_text(devices) -> Text:
     text = Text(f"\n{len(devices)} devices\n", style="bold")
     for d in devices:
-        text.append(f"{d.ip}  {d.name or '(undeclared)'}  {d.zone or '-'}  {', '.join(sorted(d.macs)) or '-'}\n")
+        text.append(f"{d.ip}  {d.name or '(undeclared)'}  {zone_label(d.zone)}  {', '.join(sorted(d.macs)) or '-'}\n")
         if d.identity:
             text.append("    " + ", ".join(f"{k}={v}" for k, v in d.identity.items()) + "\n")
     return text
@@ -264,8 +264,8 @@ def _findings_text(findings: list[Finding]) -> Text:
     text = Text(f"{len(findings)} findings\n", style="bold")
     for f in findings:
         packets = str(f.first_packet) if f.first_packet == f.last_packet else f"{f.first_packet}-{f.last_packet}"
-        src = f"{f.src.label} [{f.src.zone or 'external'}]"
-        dst = f"{f.dst.label} [{f.dst.zone or 'external'}]" if f.dst else "-"
+        src = f"{f.src.label} [{zone_label(f.src.zone)}]"
+        dst = f"{f.dst.label} [{zone_label(f.dst.zone)}]" if f.dst else "-"
         proto = f"{f.protocol}/{f.port}" if f.protocol else "-"
         text.append(f"\n{f.severity.upper():8s} ", style=SEVERITY_STYLE[f.severity])
         text.append(f"{f.rule_id}  ", style="bold")

@@ -12,6 +12,7 @@ familiar even when the policy does not declare them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterable
 
 from otsec.model import Event, Flow, Target
@@ -216,20 +217,28 @@ def sides(ev: Event) -> Sides:
     operation belongs to the station's connection. The server is the side on the
     protocol's registered port; failing that, the lower port below 1024; failing that,
     the receiver of a request."""
-    proto = protocol_name(ev.protocol, 0)
-    src_srv = SERVICE_PORTS.get(ev.src_port) == proto
-    dst_srv = SERVICE_PORTS.get(ev.dst_port) == proto
+    from_client, port, protocol = _orientation(ev.protocol, ev.src_port, ev.dst_port, ev.kind == "response")
+    if from_client:
+        return Sides(ev.src_ip, ev.src_mac, ev.dst_ip, ev.dst_mac, port, protocol, True)
+    return Sides(ev.dst_ip, ev.dst_mac, ev.src_ip, ev.src_mac, port, protocol, False)
+
+
+@lru_cache(maxsize=65_536)
+def _orientation(protocol: str, src_port: int, dst_port: int, response: bool) -> tuple[bool, int, str]:
+    """(sent by the client?, server port, policy protocol name) for :func:`sides`; a pure
+    function of its arguments, so it is cached (every message of a connection asks it)."""
+    proto = protocol_name(protocol, 0)
+    src_srv = SERVICE_PORTS.get(src_port) == proto
+    dst_srv = SERVICE_PORTS.get(dst_port) == proto
     if src_srv == dst_srv:
-        low = min(ev.src_port, ev.dst_port)
-        if low < 1024 <= max(ev.src_port, ev.dst_port):
-            src_srv, dst_srv = ev.src_port == low, ev.dst_port == low
+        low = min(src_port, dst_port)
+        if low < 1024 <= max(src_port, dst_port):
+            src_srv, dst_srv = src_port == low, dst_port == low
         else:
-            src_srv, dst_srv = ev.kind == "response", ev.kind != "response"
+            src_srv, dst_srv = response, not response
     if dst_srv and not src_srv:
-        return Sides(ev.src_ip, ev.src_mac, ev.dst_ip, ev.dst_mac, ev.dst_port,
-                     protocol_name(ev.protocol, ev.dst_port), True)
-    return Sides(ev.dst_ip, ev.dst_mac, ev.src_ip, ev.src_mac, ev.src_port,
-                 protocol_name(ev.protocol, ev.src_port), False)
+        return True, dst_port, protocol_name(protocol, dst_port)
+    return False, src_port, protocol_name(protocol, src_port)
 
 
 def event_key(policy: Policy, ev: Event) -> tuple[Key, str | None, str | None] | None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from otsec.detect.baseline import Baseline, Sides, event_key, flow_key, sides
 from otsec.detect.findings import Aggregator, Endpoint, Finding, apply_suppressions
-from otsec.model import Event, Flow
+from otsec.model import Event, Flow, Target
 from otsec.policy.model import (
     OPCUA_MODES, AllowRule, Conduit, Located, Policy, normalise_function, protocol_name,
 )
@@ -35,16 +35,24 @@ from otsec.policy.model import (
 #: Per-pair sweep trackers kept at most (pairs beyond this are not tracked).
 MAX_SWEEP_PAIRS = 50_000
 
+#: Entries per memo (endpoints, conduit verdicts); a full memo is emptied and refilled.
+MAX_MEMO = 65_536
+
 #: Rule id per unsafe operation class; function-listed operations of another class use UNSAFE-004.
 UNSAFE_RULE = {"write": "OTSEC-UNSAFE-001", "program": "OTSEC-UNSAFE-002", "control": "OTSEC-UNSAFE-003"}
 
 #: OPC UA modes as observed by the decoder -> the strongest mode they may be.
+#: A mode the table does not know (``Invalid``, an undefined number) offers no security.
 OPCUA_MODE_CEILING = {"None": 0, "NoneOrSign": 1, "Sign": 1, "SignAndEncrypt": 2}
+
+#: Carrier protocols whose session messages open connections for several policy protocols:
+#: COTP (ISO-on-TCP) connects both S7comm and S7comm-plus, so a rule for either covers it.
+CARRIED = {"cotp": ("s7comm", "s7comm-plus")}
 
 UNPAIRED_SUFFIX = ".unpaired_response"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """What the conduit model says about one communication."""
 
@@ -53,6 +61,10 @@ class Verdict:
     conduit: Conduit | None = None
     rules: tuple[AllowRule, ...] = ()   # allow rules that cover it (when not violated)
     cross_zone: bool = False
+
+
+#: The verdict for a pair that is not judged by conduits (same zone, or outside every zone).
+NOT_JUDGED = Verdict(None)
 
 
 def _fmt_zone(loc: Located) -> str:
@@ -83,22 +95,51 @@ class Checker:
         self._fc_sweeps: dict[tuple, dict] = {}
         self._unit_sweeps: dict[tuple, dict] = {}
         self.sweep_pairs_dropped = 0
+        self._clear_memos()
 
     def set_policy(self, policy: Policy) -> None:
         """Judge what comes next against a new policy (the sensor's reload on SIGHUP)."""
         self.policy = policy
         self.rules = policy.rules
+        self._clear_memos()
+
+    def _clear_memos(self) -> None:
+        """The memos hold answers of one policy; a new policy starts them afresh."""
+        self._endpoints: dict[tuple, tuple[Located, Endpoint]] = {}
+        self._verdicts: dict[tuple, Verdict] = {}
+        self._unsafe_specs: dict[str, tuple] = {}
 
     # --- helpers ----------------------------------------------------------------------
     def _ep(self, ip: str, mac: str | None = None) -> tuple[Located, Endpoint]:
-        loc = self.policy.locate(ip)
-        return loc, Endpoint.of(ip, loc, mac)
+        key = (ip, mac)
+        hit = self._endpoints.get(key)
+        if hit is None:
+            if len(self._endpoints) >= MAX_MEMO:
+                self._endpoints.clear()
+            loc = self.policy.locate(ip)
+            hit = self._endpoints[key] = (loc, Endpoint.of(ip, loc, mac))
+        return hit
 
     def verdict(self, src: Located, dst: Located, protocol: str, port: int,
-                transport: str = "tcp", op_class: str | None = None) -> Verdict:
-        """Conduit decision for ``src`` opening/asking ``dst``; no decision outside zones."""
+                transport: str = "tcp", op_class: str | None = None, carried: tuple[str, ...] = ()) -> Verdict:
+        """Conduit decision for ``src`` opening/asking ``dst``; no decision outside zones.
+        Memoised: the answer depends only on the zones, the assets and the message's
+        protocol, port, transport and class, and the policy does not change under it.
+        ``carried``: further protocols whose rules also cover the message (see ``CARRIED``)."""
         if src.zone is None or dst.zone is None or src.zone is dst.zone:
-            return Verdict(None)
+            return NOT_JUDGED
+        key = (src.zone.name, dst.zone.name, src.asset.name if src.asset else None,
+               dst.asset.name if dst.asset else None, protocol, port, transport, op_class, carried)
+        v = self._verdicts.get(key)
+        if v is None:
+            if len(self._verdicts) >= MAX_MEMO:
+                self._verdicts.clear()
+            v = self._verdicts[key] = self._judge(src, dst, protocol, port, transport, op_class,
+                                                  carried or (protocol,))
+        return v
+
+    def _judge(self, src: Located, dst: Located, protocol: str, port: int, transport: str,
+               op_class: str | None, names: tuple[str, ...]) -> Verdict:
         c = self.policy.conduit_between(src.zone.name, dst.zone.name)
         where = f"{_fmt_zone(src)} -> {_fmt_zone(dst)}"
         if c is None:
@@ -108,7 +149,7 @@ class Checker:
             return Verdict("OTSEC-CONDUIT-002", f"conduit '{c.name}' lets only zone '{c.initiator}' open "
                                                 f"connections, but {src.zone.name} did", c, cross_zone=True)
         rules = tuple(r for r in c.allow
-                      if (r.protocol == protocol or r.protocol == transport)
+                      if (r.protocol in names or r.protocol == transport)
                       and (not r.ports or port in r.ports))
         if not rules:
             return Verdict("OTSEC-CONDUIT-003", f"conduit '{c.name}' does not allow {protocol}/{port}",
@@ -130,26 +171,26 @@ class Checker:
             rules = allowed
         return Verdict(None, conduit=c, rules=rules, cross_zone=True)
 
-    def _add(self, rule_id: str, src: Endpoint, dst: Endpoint | None, protocol, port, explanation: str,
+    def _add(self, rule_id: str, src: Endpoint, dst: Endpoint | None, protocol, port, explanation,
              ts: float, packet: int, samples=None, extra=None, count: int = 1) -> Finding | None:
         return self.agg.add(rule_id, src, dst, protocol, port, explanation, ts, packet,
                             self.capture, samples, extra, count)
 
+    def _unknown(self, ip: str, loc: Located) -> bool:
+        """Does ``ip`` sit in a zone, undeclared and not in the baseline?"""
+        return (loc.zone is not None and loc.asset is None
+                and (self.baseline is None or ip not in self.baseline.devices))
+
     def _new_device(self, ip: str, loc: Located, mac: str | None, ts: float, packet: int,
-                    doing: str | None, identity: dict | None) -> bool:
-        """Report ``ip`` when it sits in a zone, is undeclared and is not in the baseline."""
-        if loc.zone is None or loc.asset is not None:
-            return False
-        if self.baseline is not None and ip in self.baseline.devices:
-            return False
+                    doing: str | None, identity: dict | None) -> None:
+        """Report ``ip``, which :meth:`_unknown` found unknown, as a new device."""
         samples = {"mac": mac, "activity": doing}
         for k, v in (identity or {}).items():
             samples[f"identity.{k}"] = v
         known = "not declared in the policy" + (" and not in the baseline" if self.baseline else "")
         self._add("OTSEC-DEVICE-001", Endpoint(ip, None, loc.zone_name, mac), None, None, None,
-                  f"unknown device {ip}{f' (MAC {mac})' if mac else ''} in zone {loc.zone_name}: {known}",
+                  lambda: f"unknown device {ip}{f' (MAC {mac})' if mac else ''} in zone {loc.zone_name}: {known}",
                   ts, packet, samples)
-        return True
 
     # --- events -----------------------------------------------------------------------
     def on_event(self, ev: Event) -> None:
@@ -167,11 +208,12 @@ class Checker:
                         f"that were rejected (reconnaissance of supported functions)")
         if sd.protocol == "opcua":
             reported |= self._opcua_mode(ev, sd, c_loc, s_loc, client, server)
-        peer = server if sd.from_client else client
         sender_loc = c_loc if sd.from_client else s_loc
-        reported |= self._new_device(ev.src_ip, sender_loc, ev.src_mac, ev.ts, ev.packet,
-                                     f"{sd.protocol} {ev.function} ({ev.kind}) with {peer.label}",
-                                     ev.identity)
+        if self._unknown(ev.src_ip, sender_loc):
+            peer = server if sd.from_client else client
+            self._new_device(ev.src_ip, sender_loc, ev.src_mac, ev.ts, ev.packet,
+                             f"{sd.protocol} {ev.function} ({ev.kind}) with {peer.label}", ev.identity)
+            reported = True
         if ev.kind != "request":
             return
         if "unit_id" in ev.detail and sd.from_client:
@@ -179,14 +221,13 @@ class Checker:
                         self.rules.unit_id_sweep_min, "OTSEC-ANOMALY-004", "unit_id",
                         f"{client.label} addressed many {sd.protocol} unit ids through {server.label} "
                         f"(scanning for devices behind a gateway)")
-        for loc, ip in ((c_loc, sd.client_ip), (s_loc, sd.server_ip)):
-            reported |= loc.zone is not None and loc.asset is None and (
-                self.baseline is None or ip not in self.baseline.devices)
+        reported |= self._unknown(sd.client_ip, c_loc) or self._unknown(sd.server_ip, s_loc)
         opaque = bool(ev.detail.get("encrypted"))
-        v = self.verdict(c_loc, s_loc, sd.protocol, sd.port, op_class=None if opaque else ev.op_class)
-        sample = {"function": f"{ev.function} ({ev.op_class})"}
+        v = self.verdict(c_loc, s_loc, sd.protocol, sd.port, op_class=None if opaque else ev.op_class,
+                         carried=CARRIED.get(ev.protocol, ()))
         if v.rule_id:
-            self._add(v.rule_id, client, server, sd.protocol, sd.port, v.reason, ev.ts, ev.packet, sample)
+            self._add(v.rule_id, client, server, sd.protocol, sd.port, v.reason, ev.ts, ev.packet,
+                      {"function": f"{ev.function} ({ev.op_class})"})
             reported = True
         if not opaque:
             reported |= self._unsafe(ev, sd, c_loc, s_loc, client, server, v)
@@ -194,7 +235,7 @@ class Checker:
                 and not opaque and not (v.conduit and v.conduit.name in self.rules.cleartext_except_conduits)):
             self._add("OTSEC-INSECURE-002", client, server, sd.protocol, sd.port,
                       f"cleartext {sd.protocol} crosses from zone {c_loc.zone_name} to {s_loc.zone_name}; "
-                      f"the policy forbids it", ev.ts, ev.packet, sample)
+                      f"the policy forbids it", ev.ts, ev.packet, {"function": f"{ev.function} ({ev.op_class})"})
             reported = True
         if not reported and self.baseline is not None:
             self._new_communication(ev, sd, client, server)
@@ -202,11 +243,10 @@ class Checker:
     def _unsafe(self, ev: Event, sd: Sides, src_loc: Located, dst_loc: Located,
                 src: Endpoint, dst: Endpoint, v: Verdict) -> bool:
         protocol = sd.protocol
-        spec = self.rules.unsafe_spec(protocol)
-        fn = normalise_function(ev.function)
-        listed = (fn in {normalise_function(f) for f in spec.functions}
-                  or (ev.function_code is not None and ev.function_code in spec.function_codes))
-        if ev.op_class not in spec.op_classes and not listed:
+        op_classes, functions, codes = self._unsafe_spec(protocol)
+        if ev.op_class not in op_classes and not (
+                (functions and normalise_function(ev.function) in functions)
+                or (ev.function_code is not None and ev.function_code in codes)):
             return False
         op = ev.op_class
         rule_id = UNSAFE_RULE.get(op, "OTSEC-UNSAFE-004")
@@ -225,24 +265,35 @@ class Checker:
         elif v.cross_zone and op == "write":
             bounded = [r for r in v.rules if r.write_targets]
             if bounded and len(bounded) == len(v.rules):
-                ok = ev.targets and any(all(any(w.covers(t) for w in r.write_targets) for t in ev.targets)
-                                        for r in bounded)
+                written = _written(ev)
+                ok = written and any(all(any(w.covers(t) for w in r.write_targets) for t in written)
+                                     for r in bounded)
                 if not ok:
                     allowed = ", ".join(str(w) for r in bounded for w in r.write_targets)
-                    why = (f"to {_targets_text(ev) or 'an undecoded target'} outside the allowed "
+                    why = (f"to {_targets_text(written) or 'an undecoded target'} outside the allowed "
                            f"write targets ({allowed})")
         if why is None:
             return False
-        target = _targets_text(ev)
+        target = _targets_text(ev.targets)
         self._add(rule_id, src, dst, protocol, sd.port,
                   f"{ev.function} ({op}) on {dst.label} {why}", ev.ts, ev.packet,
                   {"function": ev.function, "target": target})
         return True
 
+    def _unsafe_spec(self, protocol: str) -> tuple:
+        """(op classes, normalised function names, codes) that are unsafe for ``protocol``."""
+        spec = self._unsafe_specs.get(protocol)
+        if spec is None:
+            s = self.rules.unsafe_spec(protocol)
+            spec = self._unsafe_specs[protocol] = (
+                frozenset(s.op_classes), frozenset(normalise_function(f) for f in s.functions),
+                frozenset(s.function_codes))
+        return spec
+
     def _new_communication(self, ev: Event, sd: Sides, src: Endpoint, dst: Endpoint) -> None:
         key, _, _ = event_key(self.policy, ev)
         entry = self.baseline.entries.get(key)
-        sample = {"function": ev.function, "target": _targets_text(ev)}
+        sample = {"function": ev.function, "target": _targets_text(ev.targets)}
         what = f"{src.label} -> {dst.label} {sd.protocol} {ev.function} ({ev.op_class})"
         if entry is None:
             self._add("OTSEC-NEWCOMM-001", src, dst, sd.protocol, sd.port,
@@ -257,14 +308,14 @@ class Checker:
     def _opcua_mode(self, ev: Event, sd: Sides, c_loc: Located, s_loc: Located,
                     client: Endpoint, server: Endpoint) -> bool:
         mode = ev.detail.get("security_mode")
-        if mode not in OPCUA_MODE_CEILING:
+        if mode is None:
             return False
         v = self.verdict(c_loc, s_loc, "opcua", sd.port)
         required = [r.opcua_security_mode for r in v.rules if r.opcua_security_mode]
         if not required:
             return False
         need = max(required, key=OPCUA_MODES.index)
-        if OPCUA_MODE_CEILING[mode] >= OPCUA_MODES.index(need):
+        if OPCUA_MODE_CEILING.get(mode, 0) >= OPCUA_MODES.index(need):
             return False
         self._add("OTSEC-INSECURE-001", client, server, "opcua", sd.port,
                   f"OPC UA channel {client.label} -> {server.label} uses security mode {mode}; "
@@ -316,12 +367,16 @@ class Checker:
         s_loc, server = self._ep(flow.server_ip, flow.server_mac)
         protocol = protocol_name(flow.app, flow.server_port)
         port = flow.server_port
+        reported = False
         doing = f"{protocol} {flow.client_ip} -> {flow.server_ip}:{port}"
-        reported = self._new_device(flow.client_ip, c_loc, flow.client_mac, flow.first_ts,
-                                    flow.first_packet, doing, None)
-        if flow.packets_s2c:
-            reported |= self._new_device(flow.server_ip, s_loc, flow.server_mac, flow.first_ts,
-                                         flow.first_packet, f"answered {doing}", None)
+        if self._unknown(flow.client_ip, c_loc):
+            self._new_device(flow.client_ip, c_loc, flow.client_mac, flow.first_ts, flow.first_packet,
+                             doing, None)
+            reported = True
+        if flow.packets_s2c and self._unknown(flow.server_ip, s_loc):
+            self._new_device(flow.server_ip, s_loc, flow.server_mac, flow.first_ts, flow.first_packet,
+                             f"answered {doing}", None)
+            reported = True
         reported |= self._external(flow, c_loc, s_loc, client, server, protocol)
         for flag in flow.anomalies:
             self._flow_finding("OTSEC-ANOMALY-001", flow, client, server, protocol,
@@ -337,8 +392,17 @@ class Checker:
         if flow.events:
             return   # decoded conversations were judged message by message
         v = self.verdict(c_loc, s_loc, protocol, port, flow.transport)
+        if v.rule_id and not flow.initiator_known:
+            # Without the handshake the opener is a guess (the server is the well-known or
+            # lower port); when the conduits allow the other orientation, nothing is proven.
+            back = self.verdict(s_loc, c_loc, protocol_name(None, flow.client_port), flow.client_port,
+                                flow.transport)
+            if back.rule_id is None:
+                return
         if v.rule_id:
-            self._flow_finding(v.rule_id, flow, client, server, protocol, v.reason)
+            self._flow_finding(v.rule_id, flow, client, server, protocol, v.reason + (
+                "" if flow.initiator_known else f" (handshake not seen: {client.label} is taken as the "
+                                                f"opener because {server.label} holds the server port)"))
             reported = True
         if not reported and self.baseline is not None and (c_loc.zone or s_loc.zone):
             key, _, _ = flow_key(self.policy, flow)
@@ -369,7 +433,10 @@ class Checker:
         addr = ipaddress.ip_address(ext_ip)
         if any(addr.version == n.version and addr in n for n in self.rules.external_allowed):
             return False
-        direction = "opened a connection to" if ot is c_loc else "accepted a connection from"
+        if not flow.initiator_known:
+            direction = "exchanged traffic (handshake not seen, opener unknown) with"
+        else:
+            direction = "opened a connection to" if ot is c_loc else "accepted a connection from"
         who = client if ot is c_loc else server
         self._flow_finding("OTSEC-EXTERNAL-001", flow, client, server, protocol,
                            f"{who.label} in OT zone {ot.zone_name} {direction} {ext_ip} ({protocol}/"
@@ -384,11 +451,22 @@ class Checker:
         return findings
 
 
-def _targets_text(ev: Event) -> str:
+def _written(ev: Event) -> list[Target]:
+    """The targets a write changes. A combined read/write (Modbus FC 23) also names the
+    range it reads; ``write_targets`` authorise only what is written."""
+    d = ev.detail
+    if "write_start" in d:
+        written = [t for t in ev.targets if t.start == d["write_start"] and t.count == d.get("write_quantity")]
+        if written:
+            return written
+    return ev.targets
+
+
+def _targets_text(targets: list[Target]) -> str:
     """Targets as an engineer writes them: ``holding_register 4000-4009``, ``DB10 4-5``,
     ``ns=2;s=Line1.Setpoint``, ``szl 0x001c``."""
     parts = []
-    for t in ev.targets[:4]:
+    for t in targets[:4]:
         if t.kind in ("node", "block") and t.name:
             parts.append(t.name)
         elif t.name:

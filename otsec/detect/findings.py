@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from otsec.detect.rules import RULES, severity_rank
 from otsec.policy.model import Located, Policy, Suppression
@@ -120,14 +120,18 @@ class Aggregator:
         self.dropped = 0
 
     def add(self, rule_id: str, src: Endpoint, dst: Endpoint | None, protocol: str | None,
-            port: int | None, explanation: str, ts: float, packet: int, capture: str | None,
+            port: int | None, explanation: str | Callable[[], str], ts: float, packet: int, capture: str | None,
             samples: dict[str, Any] | None = None, extra: Any = None, count: int = 1) -> Finding | None:
+        """Fold one occurrence in. ``explanation`` may be a function returning the text, called
+        only when the occurrence starts a finding (later ones keep the first text)."""
         key = (rule_id, src.ip, dst.ip if dst else None, protocol, port, extra)
         f = self.findings.get(key)
         if f is None:
             if len(self.findings) >= self.max_findings:
                 self.dropped += 1
                 return None
+            if callable(explanation):
+                explanation = explanation()
             f = self.findings[key] = Finding(rule_id, src, dst, protocol, port, explanation)
         f.add(ts, packet, capture, samples, count)
         return f

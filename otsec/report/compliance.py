@@ -49,6 +49,10 @@ RESULTS = ("pass", "fail", "info", "n/a")
 #: Key of the pseudo-zone for addresses outside every declared zone (not a valid zone name).
 OUTSIDE = "(outside)"
 
+#: Matrix state of a declared conduit that carried no traffic: flagged like the conduit table
+#: and P2.5 flag it (an open path nobody uses is exposure, or a link the sensor does not see).
+UNUSED = "conduit, unused"
+
 #: Remote-access and administration services (flow-layer / policy protocol names).
 REMOTE_ACCESS = frozenset({"rdp", "vnc", "ssh", "telnet", "winrm", "smb"})
 #: Legacy services that carry credentials or commands in clear text.
@@ -388,8 +392,12 @@ class Assessment:
         ext = self.rules_hit(("OTSEC-EXTERNAL-001",))
         ext_items = []
         for f in ext:
-            src_zone = f["src"]["zone"]
-            direction = "outbound from OT" if src_zone else "inbound: OT host reachable from outside"
+            if "seen" not in f["evidence"]["samples"].get("handshake", {"seen": 1}):
+                direction = "direction unknown (handshake not seen)"
+            elif f["src"]["zone"]:
+                direction = "outbound from OT"
+            else:
+                direction = "inbound: OT host reachable from outside"
             ext_items.append(f"{direction}: {finding_text(f)}")
         remote = [c for c in self.comms if c.protocol in REMOTE_ACCESS and c.server.area in ("ot", "dmz")
                   and c.cross_zone]
@@ -802,7 +810,7 @@ class Assessment:
                 elif allowed and obs:
                     state = "allowed, used"
                 elif allowed:
-                    state = "allowed, unused"
+                    state = UNUSED
                 elif obs:
                     state = "observed, not allowed"
                 else:

@@ -79,7 +79,7 @@ section.principle h2{border:none;margin-top:12px}
 ul.items{margin:4px 0 8px 18px;padding:0}ul.items li{margin:1px 0}
 .matrix td{text-align:center;font-size:12px}
 .cell-violation{background:#f4c7c3;font-weight:600}.cell-allowed-used{background:#d4edda}
-.cell-allowed-unused{background:#eef3f8}.cell-observed-not-allowed{background:#f4c7c3}
+.cell-conduit-unused{background:#fdecea}.cell-observed-not-allowed{background:#f4c7c3}
 .cell-denied{color:var(--muted)}.cell-intra-zone{background:#f6f8fa}
 .diagram{border:1px solid var(--line);border-radius:8px;padding:8px;text-align:center}
 .diagram svg{max-width:100%;height:auto}

@@ -11,19 +11,32 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from otsec.report.compliance import OUTSIDE, STATUS_LABELS
+from otsec.report.compliance import OUTSIDE, STATUS_LABELS, UNUSED
 from otsec.report.wording import count
 
 #: Characters that open or close inline Markdown syntax (emphasis, code, links, tables,
 #: strike-through); links cannot form without an unescaped ``[``.
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 
+#: ``<`` that could open raw HTML, a comment, a processing instruction or an autolink, and
+#: ``&`` that could form a character reference: backslash-escaped (CommonMark shows them as
+#: text). A ``>`` closes nothing once no ``<`` opened, so ``hmi-1 -> plc`` stays as it is.
+_MD_HTML = re.compile(r"(<(?=[A-Za-z/!?])|&(?=#?[A-Za-z0-9]+;))")
+
+#: Block syntax at the start of a list item's text: heading, quote, bullet, ordered list.
+_MD_LEADING = re.compile(r"^(#{1,6}(?=\s|$)|>|[-+](?=\s|$)|\d{1,9}(?=[.)](?:\s|$)))")
+
 
 def md(value) -> str:
+    """Text shown as text in Markdown: inline syntax, HTML and leading block markers escaped,
+    everything else (``->``, ``a < b``, ``R&D``) left readable."""
     text = "" if value is None else str(value)
     text = " ".join(text.split())               # no line breaks inside a cell or a list item
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MD_SPECIAL.sub(r"\\\1", text)
+    text = _MD_HTML.sub(r"\\\1", _MD_SPECIAL.sub(r"\\\1", text))
+    m = _MD_LEADING.match(text)
+    if m:
+        text = (text[:m.end()] + "\\" + text[m.end():]) if text[0].isdigit() else "\\" + text
+    return text
 
 
 def _time(ts) -> str:
@@ -38,7 +51,7 @@ def _table(columns: list[str], rows: list[list], flagged: list[bool] | None = No
     if not rows:
         out.append("| " + " | ".join(["none observed"] + [""] * (len(columns) - 1)) + " |")
     for row, flag in zip(rows, flagged):
-        cells = [md(v if v not in (None, "") else "-") for v in row]
+        cells = [md(v) if v not in (None, "") else "-" for v in row]
         if flag:
             cells[0] = "**(!)** " + cells[0]
         out.append("| " + " | ".join(cells) + " |")
@@ -90,7 +103,7 @@ def render(report: dict) -> str:
                 text += "; " + ", ".join(c["violation_rules"])
             row.append(text)
         rows.append(row)
-        flags.append(any(cells[(a, b)]["violations"] for b in m["zones"]))
+        flags.append(any(cells[(a, b)]["violations"] or cells[(a, b)]["state"] == UNUSED for b in m["zones"]))
     L += _table(["from \\ to"] + [_zone(z) for z in m["zones"]], rows, flags)
     L += ["### Declared conduits", ""]
     L += _table(["conduit", "zones", "initiator", "allows", "observed flows"],

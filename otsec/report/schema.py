@@ -50,7 +50,7 @@ ASSET = _obj({
 CELL = _obj({
     "from": _str, "to": _str, "conduit": _opt_str, "allowed": {"type": "boolean"}, "observed_flows": _int,
     "services": _strs, "violations": _int, "violation_rules": _strs,
-    "state": {"enum": ["violation", "intra-zone", "allowed, used", "allowed, unused", "observed, not allowed",
+    "state": {"enum": ["violation", "intra-zone", "allowed, used", "conduit, unused", "observed, not allowed",
                        "denied"]},
 })
 
