@@ -293,3 +293,18 @@ def test_set_policy_forgets_the_verdicts_of_the_old_policy():
     c.on_event(dataclasses.replace(read, packet=2, ts=2.0))
     out = c.finish()
     assert [(f.rule_id, f.count) for f in out] == [("OTSEC-CONDUIT-001", 1)]
+
+
+def test_an_asset_declared_by_mac_alone_is_recognised_by_its_mac():
+    from otsec.policy.loader import parse_policy
+
+    policy = parse_policy("""
+zones:
+  - {name: cell, level: 1, cidrs: [10.5.0.0/24]}
+assets:
+  - {name: dhcp-plc, mac: "00:80:F4:00:00:07", zone: cell, role: plc}
+conduits: []
+""", "p.yaml")
+    assert policy.locate("10.5.0.9", "00:80:f4:00:00:07").asset.name == "dhcp-plc"
+    assert policy.locate("10.5.0.9", "00:80:f4:00:00:08").asset is None
+    assert policy.locate("10.5.0.9").zone.name == "cell"

@@ -116,7 +116,7 @@ class Checker:
         if hit is None:
             if len(self._endpoints) >= MAX_MEMO:
                 self._endpoints.clear()
-            loc = self.policy.locate(ip)
+            loc = self.policy.locate(ip, mac)
             hit = self._endpoints[key] = (loc, Endpoint.of(ip, loc, mac))
         return hit
 

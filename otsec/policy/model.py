@@ -246,6 +246,8 @@ class Policy:
         self.rules = rules
         self.source = source
         self._by_ip = {a.ip: a for a in assets if a.ip}
+        # assets declared by MAC alone (DHCP hosts, VLAN-only zones) are recognised by it
+        self._by_mac = {a.mac.lower(): a for a in assets if a.mac and not a.ip}
         nets = [(net, z) for z in zones for net in z.cidrs]
         nets.sort(key=lambda p: p[0].prefixlen, reverse=True)
         self._nets = nets
@@ -254,8 +256,12 @@ class Policy:
             self._conduit_by_pair.setdefault(frozenset(c.zones), c)
         self.locate = lru_cache(maxsize=65536)(self._locate)
 
-    def _locate(self, ip: str) -> Located:
+    def _locate(self, ip: str, mac: str | None = None) -> Located:
+        """Zone and asset of an endpoint: by declared IP, else by a MAC-only asset's MAC,
+        else by the zone whose CIDRs hold the IP."""
         asset = self._by_ip.get(ip)
+        if asset is None and mac is not None and self._by_mac:
+            asset = self._by_mac.get(mac.lower())
         if asset is not None:
             return Located(self.zones[asset.zone], asset)
         try:
