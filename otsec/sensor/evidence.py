@@ -7,7 +7,10 @@ conversation has been quiet for ``WATCH_IDLE`` seconds or the file reaches its o
 A packet matches a finding when it goes between the finding's source and destination
 (either direction; only to/from the source when the finding has no destination) and, when
 the finding names a port, uses that port. The directory is a ring: when the files written
-by otsec exceed the total cap, the oldest closed ones are deleted.
+by otsec exceed the total cap, the oldest closed ones are deleted. The files are indexed in
+memory (one directory listing at start), so a burst of findings does not list the
+directory once per finding. Evidence is best effort: a full disk or a removed directory
+costs evidence files (logged, counted in ``files_failed``), never the capture.
 
 Classic pcap, microsecond timestamps, little-endian::
 
@@ -21,7 +24,7 @@ import datetime as dt
 import re
 import socket
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 
 from otsec.capture import parse_packet
@@ -99,7 +102,21 @@ class EvidenceRecorder:
         self.watches: dict[object, _Watch] = {}
         self.files_written = 0
         self.files_deleted = 0
+        self.files_failed = 0
+        #: closed evidence files, oldest first, with their sizes
+        self.closed: OrderedDict[Path, int] = OrderedDict()
+        self.closed_bytes = 0
         self._unchecked = 0
+        found = []
+        for path in self.dir.glob(FILE_PREFIX + "*.pcap"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            found.append((st.st_mtime_ns, path.name, path, st.st_size))
+        for _, _, path, size in sorted(found):
+            self.closed[path] = size
+            self.closed_bytes += size
 
     def packet(self, ts: float, linktype: int, frame: bytes) -> None:
         """Every captured packet: into the ring, and into the files of matching findings."""
@@ -120,7 +137,8 @@ class EvidenceRecorder:
 
     def start(self, key: object, rule: str, src_ip: str | None, dst_ip: str | None,
               port: int | None, ts: float) -> str | None:
-        """Open the evidence file of a new finding; returns its path (None without a source IP)."""
+        """Open the evidence file of a new finding; returns its path (None without a source
+        IP, or when the file cannot be written)."""
         a = _packed(src_ip)
         if a is None or not self.ring:
             return None
@@ -130,10 +148,10 @@ class EvidenceRecorder:
         stamp = dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         name = _UNSAFE.sub("_", f"{FILE_PREFIX}{stamp}-{rule}-{key}.pcap")
         try:
+            self.dir.mkdir(parents=True, exist_ok=True)   # removed while running: made again
             w = _Watch(self.dir / name, a, _packed(dst_ip), port, self.ring[-1][1], ts)
         except OSError as exc:
-            if self.log is not None:
-                self.log.error("evidence %s: cannot write: %s", self.dir / name, exc.strerror or exc)
+            self._failed(self.dir / name, exc)
             return None
         self.watches[key] = w
         self.files_written += 1
@@ -146,8 +164,18 @@ class EvidenceRecorder:
         self._rotate()
         return str(w.path)
 
+    def _failed(self, path: Path, exc: OSError) -> None:
+        self.files_failed += 1
+        if self.log is not None:
+            self.log.error("evidence %s: cannot write: %s", path, exc.strerror or exc)
+
     def _write(self, key: object, w: _Watch, ts: float, linktype: int, frame: bytes) -> None:
-        self._unchecked += w.write(ts, linktype, frame)
+        try:
+            self._unchecked += w.write(ts, linktype, frame)
+        except OSError as exc:       # disk full: the file keeps what it has, the finding its path
+            self._failed(w.path, exc)
+            self._close(key)
+            return
         if w.size >= self.per_finding_bytes:
             self._close(key)
         elif self._unchecked >= self.max_bytes // 16:
@@ -155,32 +183,27 @@ class EvidenceRecorder:
 
     def _close(self, key: object) -> None:
         w = self.watches.pop(key)
-        w.fh.close()
+        try:
+            w.fh.close()
+        except OSError as exc:
+            self._failed(w.path, exc)
+        self.closed[w.path] = w.size
+        self.closed_bytes += w.size
 
     def _rotate(self) -> None:
         """Delete the oldest closed evidence files until the directory is under its cap."""
         self._unchecked = 0
-        open_paths = {w.path for w in self.watches.values()}
-        for w in self.watches.values():
-            w.fh.flush()
-        files = []
-        for p in self.dir.glob(FILE_PREFIX + "*.pcap"):
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            files.append((st.st_mtime_ns, p.name, p, st.st_size))
-        total = sum(f[3] for f in files)
-        for _, _, p, size in sorted(files):
-            if total <= self.max_bytes:
-                break
-            if p in open_paths:
-                continue
-            try:
-                p.unlink()
-            except OSError:
-                continue
+        total = self.closed_bytes + sum(w.size for w in self.watches.values())
+        while total > self.max_bytes and self.closed:
+            path, size = self.closed.popitem(last=False)
+            self.closed_bytes -= size
             total -= size
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue             # removed by someone else: nothing to free, nothing to count
+            except OSError:
+                continue
             self.files_deleted += 1
 
     def close(self) -> None:

@@ -19,19 +19,28 @@ CEF (ArcSight Common Event Format, carried as the syslog MSG with ``--syslog-for
 
     header fields escape '\\' and '|'; extension values escape '\\', '=' and newlines.
 
-Transports: UDP (one message per datagram, RFC 5426), TCP with octet-counting framing
-(``LEN SP MSG``, RFC 6587), or a local unix socket (datagram, as /dev/log).
+Transports: UDP (one message per datagram, RFC 5426, cut at a character boundary), TCP
+with octet-counting framing (``LEN SP MSG``, RFC 6587), or a local unix socket (datagram,
+as /dev/log). Every transport is non-blocking: a collector that is down, slow or
+black-holed costs queued messages, never capture time.
+
+Text from the wire (names, OPC UA node ids in an explanation) may hold control characters;
+:func:`one_line` makes them visible escapes wherever a line-oriented reader follows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
+import re
+import select
 import socket
 import time
+from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from otsec import __version__
 
@@ -49,7 +58,15 @@ MAX_UDP_MESSAGE = 2048
 MAX_PENDING = 1000
 #: Seconds between reconnection attempts, so a dead collector never slows the capture loop.
 RECONNECT_SECONDS = 5.0
+#: A TCP connection attempt still pending after this many seconds is given up (black hole).
+CONNECT_TIMEOUT = 5.0
+#: At shutdown, how long the queue may take to drain to a reachable collector.
+CLOSE_GRACE = 2.0
 SYSLOG_FORMATS = ("rfc5424", "cef")
+#: C0 controls and DEL: written as escapes so a value from the wire cannot start a new line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: RFC 5424 HOSTNAME is 1-255 printable US-ASCII characters.
+_NOT_PRINTUSASCII = re.compile(r"[^\x21-\x7e]")
 
 
 class OutputError(Exception):
@@ -59,26 +76,82 @@ class OutputError(Exception):
 # --- JSON lines --------------------------------------------------------------------------
 
 class JsonLinesOutput:
-    """Appends one JSON object per line and flushes after every write (tail -f friendly)."""
+    """Appends one JSON object per line, written straight to the file (tail -f friendly).
 
-    def __init__(self, path: str | Path):
+    The file is reopened when its name no longer points at the open file (logrotate moved
+    or deleted it) and on :meth:`reopen` (SIGHUP). A failed write (disk full) is counted
+    in ``dropped`` and logged once; the sensor keeps running, and a line cut short by
+    the failure is ended before the next record so that each later line parses.
+    """
+
+    def __init__(self, path: str | Path, log=None):
+        self.path = Path(path)
+        self.log = log
+        self.dropped = 0
+        self._failing = False
+        self._cut = False          # the last write stopped inside a line
+        self.fd = -1
         try:
-            self.fh: IO[str] = open(path, "a", encoding="utf-8")
+            self._open()
         except OSError as exc:
             raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
+    def _open(self) -> None:
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def _moved(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        own = os.fstat(self.fd)
+        return (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino)
+
+    def reopen(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self._cut = False
+        self._open()
+
     def write(self, record: dict[str, Any]) -> None:
-        self.fh.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
-        self.fh.flush()
+        data = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("utf-8")
+        try:
+            if self.fd < 0 or self._moved():
+                self.reopen()
+            if self._cut:
+                data = b"\n" + data
+            view = memoryview(data)
+            while view:
+                self._cut = True
+                view = view[os.write(self.fd, view):]
+            self._cut = False
+        except OSError as exc:
+            self.dropped += 1
+            if not self._failing and self.log is not None:
+                self.log.error("--json %s: %s; records are lost until it is writable again "
+                               "(SQLite keeps the findings)", self.path, exc.strerror or exc)
+            self._failing = True
+            return
+        if self._failing and self.log is not None:
+            self.log.info("--json %s: writable again", self.path)
+        self._failing = False
 
     def close(self) -> None:
-        self.fh.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 # --- formatting --------------------------------------------------------------------------
 
+def one_line(text: Any) -> str:
+    """``text`` with control characters as escapes (``\\n``, ``\\x1b``): one line, always."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
 def _sd_value(value: Any) -> str:
-    text = str(value)
+    text = one_line(value)
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
@@ -89,12 +162,15 @@ def _endpoint(ep: dict | None) -> str:
 
 
 def cef_escape_header(text: str) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|")
+    """Header field: '\\' and '|' escaped; a header cannot hold line breaks or controls."""
+    return _CONTROL.sub(" ", str(text).replace("\\", "\\\\").replace("|", "\\|"))
 
 
 def cef_escape_value(text: Any) -> str:
-    return (str(text).replace("\\", "\\\\").replace("=", "\\=")
-            .replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n"))
+    """Extension value: '\\' and '=' escaped, line breaks as \\n / \\r, other controls as spaces."""
+    text = (str(text).replace("\\", "\\\\").replace("=", "\\=")
+            .replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r"))
+    return _CONTROL.sub(" ", text)
 
 
 def format_cef(record: dict[str, Any]) -> str:
@@ -137,8 +213,8 @@ def format_rfc5424(record: dict[str, Any], facility: int, hostname: str, msg_for
     }
     sd = "[" + SD_ID + "".join(f' {k}="{_sd_value(v)}"' for k, v in params.items()
                                if v is not None) + "]"
-    msg = format_cef(record) if msg_format == "cef" else record["explanation"]
-    host = (hostname or "-")[:255].replace(" ", "_")
+    msg = format_cef(record) if msg_format == "cef" else one_line(record["explanation"])
+    host = _NOT_PRINTUSASCII.sub("_", hostname or "-")[:255]
     return f"<{pri}>1 {ts} {host} otsec {os.getpid()} {record['rule']} {sd} {msg}"
 
 
@@ -162,11 +238,14 @@ def parse_target(target: str) -> tuple[str, Any]:
 
 
 class SyslogOutput:
-    """Sends finding records to a syslog collector; never raises once constructed.
+    """Sends finding records to a syslog collector; never raises and never blocks once constructed.
 
-    A collector that is down costs messages, not the sensor: UDP and unix datagrams
-    are fire-and-forget, TCP messages wait in a bounded queue and go out on reconnect.
-    ``sent``/``dropped`` count what happened.
+    A collector that is down costs messages, not the sensor: UDP datagrams are
+    fire-and-forget, TCP and unix-socket messages wait in a bounded queue and go out when
+    the collector is back (a message in flight when a TCP connection breaks is sent again,
+    whole, on the next one, so the octet-counting frames stay intact). ``sent``/``dropped``
+    count what happened. RFC 6587 has no acknowledgements: what the kernel had accepted
+    for a collector that then died is lost without notice.
     """
 
     def __init__(self, target: str, facility: str = "local4", msg_format: str = "rfc5424",
@@ -182,20 +261,37 @@ class SyslogOutput:
         self.hostname = socket.gethostname()
         self.log = log
         self.sock: socket.socket | None = None
-        self.pending: list[bytes] = []
+        self.pending: deque[bytes] = deque()
         self.sent = 0
         self.dropped = 0
+        self._offset = 0               # bytes of pending[0] already sent on this connection
+        self._connecting_since: float | None = None
+        self._udp_addr = None          # resolved once (a hostname would be looked up per datagram)
         self._failing = False
         self._retry_at = 0.0
-        if self.scheme == "udp":
-            family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
-            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+
+    def _resolve(self, kind: int) -> tuple:
+        host, port = self.address
+        family, _, proto, _, addr = socket.getaddrinfo(host, port, type=kind)[0]
+        return family, proto, addr
 
     def _connect(self) -> socket.socket:
         if self.scheme == "tcp":
-            return socket.create_connection(self.address, timeout=2)
+            family, proto, addr = self._resolve(socket.SOCK_STREAM)
+            s = socket.socket(family, socket.SOCK_STREAM, proto)
+            s.setblocking(False)
+            err = s.connect_ex(addr)
+            if err not in (0, errno.EINPROGRESS):
+                s.close()
+                raise OSError(err, os.strerror(err))
+            self._connecting_since = time.monotonic() if err else None
+            return s
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        s.connect(self.address)
+        try:
+            s.connect(self.address)
+        except OSError:
+            s.close()
+            raise
         s.setblocking(False)   # a full receiver queue must not stall the capture loop
         return s
 
@@ -204,49 +300,89 @@ class SyslogOutput:
             return   # accepted risks stay in SQLite/JSON, they do not page anyone
         data = format_rfc5424(record, self.facility, self.hostname, self.msg_format).encode("utf-8")
         if self.scheme == "udp":
-            self._send_datagram(data[:MAX_UDP_MESSAGE])
+            # cut at a character boundary: a split UTF-8 sequence would make the MSG invalid
+            self._send_datagram(data[:MAX_UDP_MESSAGE].decode("utf-8", "ignore").encode("utf-8"))
             return
         if self.scheme == "tcp":
             data = str(len(data)).encode() + b" " + data
         self.pending.append(data)
         if len(self.pending) > MAX_PENDING:
-            del self.pending[0]
+            # never the message half sent on this connection: its frame must be completed
+            del self.pending[1 if self._offset else 0]
             self.dropped += 1
         self.flush()
 
     def _send_datagram(self, data: bytes) -> None:
         try:
-            self.sock.sendto(data, self.address)
+            if self._udp_addr is None:
+                if time.monotonic() < self._retry_at:
+                    self.dropped += 1
+                    return
+                family, _, addr = self._resolve(socket.SOCK_DGRAM)
+                self.sock = socket.socket(family, socket.SOCK_DGRAM)
+                self.sock.setblocking(False)
+                self._udp_addr = addr
+            self.sock.sendto(data, self._udp_addr)
             self.sent += 1
             self._recovered()
         except OSError as exc:
             self.dropped += 1
+            if self._udp_addr is None:
+                self._retry_at = time.monotonic() + RECONNECT_SECONDS
             self._failed(exc)
 
+    def _connected(self) -> bool:
+        """Whether the socket can carry data now (a pending TCP connect may have finished)."""
+        s = self.sock
+        if self._connecting_since is not None:
+            _, writable, _ = select.select([], [s], [], 0)
+            if not writable:
+                if time.monotonic() - self._connecting_since > CONNECT_TIMEOUT:
+                    raise TimeoutError(errno.ETIMEDOUT, "connection timed out")
+                return False
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            self._connecting_since = None
+        elif self.scheme == "tcp" and select.select([s], [], [], 0)[0] and not s.recv(4096):
+            raise ConnectionResetError(errno.ECONNRESET, "closed by the collector")
+        return True
+
     def flush(self) -> None:
-        """Send what is queued (TCP/unix); on failure keep it for the next call."""
+        """Send what is queued (TCP/unix) without blocking; what cannot go now waits."""
         while self.pending:
             if self.sock is None and time.monotonic() < self._retry_at:
                 return
             try:
                 if self.sock is None:
                     self.sock = self._connect()
+                if not self._connected():
+                    return
+                head = self.pending[0]
                 if self.scheme == "tcp":
-                    self.sock.sendall(self.pending[0])
+                    self._offset += self.sock.send(memoryview(head)[self._offset:])
+                    if self._offset < len(head):
+                        continue
                 else:
-                    self.sock.send(self.pending[0])
+                    self.sock.send(head)
             except BlockingIOError:
-                return      # the local receiver is busy: the queue waits for the next flush
+                return      # the receiver is busy: the queue waits for the next flush
             except OSError as exc:
-                if self.sock is not None:
-                    self.sock.close()
-                self.sock = None
-                self._retry_at = time.monotonic() + RECONNECT_SECONDS
-                self._failed(exc)
+                self._down(exc)
                 return
-            self.pending.pop(0)
+            self.pending.popleft()
+            self._offset = 0
             self.sent += 1
             self._recovered()
+
+    def _down(self, exc: OSError) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        self._offset = 0
+        self._connecting_since = None
+        self._retry_at = time.monotonic() + RECONNECT_SECONDS
+        self._failed(exc)
 
     def _failed(self, exc: OSError) -> None:
         if not self._failing and self.log is not None:
@@ -260,8 +396,15 @@ class SyslogOutput:
         self._failing = False
 
     def close(self) -> None:
-        self._retry_at = 0.0   # one last attempt for what is queued
-        self.flush()
+        """One last attempt, for at most ``CLOSE_GRACE`` seconds, to send what is queued."""
+        self._retry_at = 0.0
+        deadline = time.monotonic() + CLOSE_GRACE
+        while self.pending and time.monotonic() < deadline:
+            self.flush()
+            if self.sock is None:
+                break
+            if self.pending:
+                select.select([], [self.sock], [], 0.05)
         if self.pending:
             self.dropped += len(self.pending)
             self.pending.clear()

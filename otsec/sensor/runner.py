@@ -6,9 +6,22 @@ One pass of the loop::
       └─ each packet: evidence ring, then Engine.feed → on_event/on_flow → Checker/Learner
     learning period over?   → save the baseline, give it to the Checker, log the switch
     SIGHUP seen?            → reload the policy (an invalid file keeps the old one)
-    every FLUSH_INTERVAL s  → new/changed findings to SQLite (one transaction) and the outputs
+    every FLUSH_INTERVAL s  → idle connections retired by the capture clock (below), then
+                              new/changed findings to SQLite (one transaction) and the outputs
     every stats interval    → a stats row and the status line
     SIGTERM/SIGINT          → close the source, end every flow, final flush, exit 0
+
+Time is capture time (packet timestamps) everywhere: the learning period, idle timeouts,
+evidence. When the source is quiet (a silent link, a pcap directory with nothing left to
+read), no packet advances that clock, so the sensor runs it on from the last packet's
+timestamp by the monotonic time elapsed since: idle connections then end and are judged
+as they would have with traffic, a replay of old files behaves like a live run, and a
+step of the wall clock (NTP, a wrong RTC) cannot retire or freeze them all.
+
+The database may refuse writes (disk full, another writer holding the lock): the sensor
+waits at most ``DB_BUSY_MS`` for it, so capture never stalls, keeps what is unsaved in
+memory (stats rows capped) and retries every ``DB_RETRY`` seconds; only the final flush
+waits longer.
 
 The Checker aggregates findings for a whole run; the sensor swaps its aggregator for
 :class:`TrackingAggregator`, which remembers which findings changed, so a finding is
@@ -25,19 +38,19 @@ import logging
 import signal
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from otsec.detect.baseline import Learner
+from otsec.detect.baseline import Baseline, Learner
 from otsec.detect.checker import Checker
 from otsec.detect.findings import Aggregator, Finding, suppression_for
 from otsec.engine import Engine, EngineConfig
 from otsec.policy.loader import PolicyError, load_policy
 from otsec.sensor.evidence import EvidenceRecorder
-from otsec.sensor.outputs import JsonLinesOutput, SyslogOutput
+from otsec.sensor.outputs import JsonLinesOutput, SyslogOutput, one_line
 from otsec.sensor.sources import LiveSource, PcapDirSource
 from otsec.sensor.status import decode_errors
-from otsec.sensor.store import SensorStore, get_state, set_state
+from otsec.sensor.store import SensorStore, get_state
 from otsec.store import detect_store
 from otsec.store.db import open_db
 
@@ -49,6 +62,14 @@ FLUSH_INTERVAL = 1.0
 #: While learning, the learned baseline is merged into SQLite this often (seconds), so a
 #: crash loses at most this much learning.
 BASELINE_CHECKPOINT = 600.0
+#: How long one database write may wait for a lock (ms), and for the last one at shutdown.
+DB_BUSY_MS = 250
+DB_FINAL_BUSY_MS = 15_000
+#: Seconds between write attempts while the database refuses them.
+DB_RETRY = 5.0
+#: Stats rows kept while the database refuses writes (a day at the default interval);
+#: older ones are dropped and counted.
+MAX_UNSAVED_STATS = 1440
 MODES = ("learn", "detect")
 STATE_LEARN_STARTED = "learn_started_ts"
 STATE_LEARN_FINISHED = "learn_finished_ts"
@@ -136,9 +157,10 @@ class Sensor:
         self.view = view
         self.policy = load_policy(cfg.policy)        # PolicyError: the caller reports it
         self.db = open_db(cfg.db)
+        self.db.execute(f"PRAGMA busy_timeout = {DB_BUSY_MS}")
         self.outputs: list = []
         if cfg.json_path is not None:
-            self.outputs.append(JsonLinesOutput(cfg.json_path))
+            self.outputs.append(JsonLinesOutput(cfg.json_path, self.log))
         self.syslog = None
         if cfg.syslog:
             self.syslog = SyslogOutput(cfg.syslog, cfg.syslog_facility, cfg.syslog_format, self.log)
@@ -151,7 +173,8 @@ class Sensor:
         self.agg = TrackingAggregator()
         self.checker = Checker(self.policy, None if self.learning else stored, self.agg)
         self.learner = Learner(self.policy) if self.learning else None
-        self.engine = Engine(cfg.engine, self._on_event, self._on_flow)
+        # one per-source stats entry: a sensor reads a file a minute for months
+        self.engine = Engine(replace(cfg.engine, source_history=1), self._on_event, self._on_flow)
         self._feed_packet = self._feed_with_evidence if self.evidence else self.engine.feed
         timed = self.learning and cfg.learn_seconds is not None
         self.feed = self._feed_learning if timed else self._feed_packet
@@ -162,7 +185,6 @@ class Sensor:
                                      cfg.buffer_mb, self.log, cfg.retry_first)
         else:
             self.source = PcapDirSource(cfg.pcap_dir, self.store, cfg.settle, self.log)
-        self.live = cfg.interface is not None
         self.events = 0
         self.emitted: dict[tuple, _Emitted] = {}
         self.held: set[tuple] = set()            # findings with an update not yet sent
@@ -170,11 +192,19 @@ class Sensor:
         self.stop_reason: str | None = None
         self.reload_requested = False
         self.learn_deadline: float | None = None
+        if timed and (started := get_state(self.db, STATE_LEARN_STARTED)) is not None:
+            self.learn_deadline = float(started) + cfg.learn_seconds
         self._unsaved_findings: dict[int, tuple] = {}
         self._unsaved_stats: list[dict] = []
         self._unsaved_files: dict[str, dict] = {}
+        self._unsaved_state: dict[str, str] = {}
+        self._unsaved_baseline: Baseline | None = None
+        self.stats_dropped = 0
         self._db_failing = False
+        self._db_retry_at = 0.0
         self._last_stats = time.monotonic()
+        #: capture clock: the last packet's timestamp and the monotonic time it was seen
+        self._clock = (None, 0.0)
 
     # --- modes ---------------------------------------------------------------------------
     def _initial_mode(self):
@@ -202,29 +232,38 @@ class Sensor:
         """Feed during a timed learning period: the packet at the deadline is detected on."""
         if self.learning:
             if self.learn_deadline is None:
-                started = get_state(self.db, STATE_LEARN_STARTED)
-                if started is None:
-                    started = str(ts)
-                    set_state(self.db, STATE_LEARN_STARTED, started)
-                self.learn_deadline = float(started) + self.cfg.learn_seconds
+                self.learn_deadline = ts + self.cfg.learn_seconds
+                self._unsaved_state[STATE_LEARN_STARTED] = repr(ts)
             if ts >= self.learn_deadline:
                 self._finish_learning(ts)
                 self.feed = self._feed_packet
         self._feed_packet(pkt_no, ts, linktype, frame)
 
     def _save_baseline(self) -> None:
-        detect_store.save_baseline(self.db, self.learner.baseline, {})
+        """Merge what was learned since the last save into SQLite; if the database refuses,
+        it is kept and merged at the next flush."""
+        learned = self.learner.baseline
         self.learner = Learner(self.learner.policy)
+        if self._unsaved_baseline is not None:
+            self._unsaved_baseline.merge(learned)
+        else:
+            self._unsaved_baseline = learned
+        self._write()
 
     def _finish_learning(self, ts: float) -> None:
         for flow in self.engine.open_flows():
             self.learner.on_flow(flow)   # conversations still open were seen while learning
         self._save_baseline()
-        baseline = detect_store.load_baseline(self.db)
+        try:
+            baseline = detect_store.load_baseline(self.db)
+        except sqlite3.Error:
+            baseline = Baseline()
+        if self._unsaved_baseline is not None:   # the database refused it: detect with it anyway
+            baseline.merge(self._unsaved_baseline)
         self.checker.baseline = baseline
         self.learner = None
         self.learning = False
-        set_state(self.db, STATE_LEARN_FINISHED, str(ts))
+        self._unsaved_state[STATE_LEARN_FINISHED] = repr(ts)
         self.log.info("learning period over at %s: baseline has %d communications, %d devices; "
                       "detecting", _utc(ts), len(baseline.entries), len(baseline.devices))
         self._emit({"type": "sensor", "event": "learning_finished", "ts": ts,
@@ -247,13 +286,29 @@ class Sensor:
         self.engine.set_source(name)
         self.checker.capture = name
 
+    def _tick_clock(self, now: float) -> None:
+        """Run the capture clock on while the source is quiet (see the module docstring)."""
+        last = self.engine.last_ts
+        if last is None:
+            return
+        if last != self._clock[0]:
+            self._clock = (last, now)
+        elif self.source.idle():
+            self.engine.sweep(last + (now - self._clock[1]))
+
     def _feed_with_evidence(self, pkt_no: int, ts: float, linktype: int, frame: bytes) -> None:
         self.evidence.packet(ts, linktype, frame)
         self.engine.feed(pkt_no, ts, linktype, frame)
 
     # --- policy --------------------------------------------------------------------------
     def reload_policy(self) -> None:
+        """SIGHUP: reopen the JSON-lines file (after logrotate) and reload the policy."""
         self.reload_requested = False
+        for out in self.outputs:
+            try:
+                out.reopen()
+            except OSError as exc:
+                self.log.error("--json %s: cannot reopen: %s", out.path, exc.strerror or exc)
         try:
             policy = load_policy(self.cfg.policy)
         except PolicyError as exc:
@@ -298,8 +353,8 @@ class Sensor:
                 if f.suppressed is None:
                     # the log is what an operator watching the terminal or journal sees
                     dst = f" -> {f.dst.label}" if f.dst else ""
-                    self.log.warning("finding %s %s: %s%s %s: %s", f.severity, f.rule_id, f.src.label,
-                                     dst, f.protocol or "-", f.explanation)
+                    self.log.warning("finding %s %s: %s", f.severity, f.rule_id, one_line(
+                        f"{f.src.label}{dst} {f.protocol or '-'}: {f.explanation}"))
             elif f.count != e.count:
                 self.held.add(key)
             self._unsaved_findings[e.seq] = (e.seq, f, e.evidence)
@@ -315,24 +370,39 @@ class Sensor:
         if stats:
             row = self.snapshot()
             self._unsaved_stats.append(row)
+            if len(self._unsaved_stats) > MAX_UNSAVED_STATS:
+                del self._unsaved_stats[0]
+                self.stats_dropped += 1
             self._emit({"type": "stats", **{k: v for k, v in row.items() if k != "detail"}})
             if self.view is not None:
                 self.view.stats(row)
-        self._write()
+        if final:
+            self.db.execute(f"PRAGMA busy_timeout = {DB_FINAL_BUSY_MS}")
+        self._write(final)
         if self.syslog is not None:
             self.syslog.flush()
 
-    def _write(self) -> None:
+    def _write(self, final: bool = False) -> None:
+        """Everything unsaved in one transaction (the baseline in its own); on refusal it
+        stays in memory and the next attempt waits ``DB_RETRY`` s."""
+        if self._db_failing and not final and time.monotonic() < self._db_retry_at:
+            return
         active = sum(1 for f in self.agg.findings.values() if f.suppressed is None)
         try:
+            if self._unsaved_baseline is not None:
+                detect_store.save_baseline(self.db, self._unsaved_baseline, {})
+                self._unsaved_baseline = None
             self.store.write(list(self._unsaved_findings.values()), self._unsaved_stats,
                              list(self._unsaved_files.values()),
-                             (active, len(self.agg.findings) - active))
+                             (active, len(self.agg.findings) - active), self._unsaved_state)
         except sqlite3.Error as exc:
-            if not self._db_failing:
-                self.log.error("database %s: %s; keeping findings and stats in memory, retrying",
-                               self.cfg.db, exc)
+            if not self._db_failing or final:
+                self.log.error("database %s: %s; %s", self.cfg.db, exc,
+                               f"{len(self._unsaved_findings)} findings and {len(self._unsaved_stats)} "
+                               f"stats rows not stored (the JSON lines have them)" if final else
+                               "keeping findings and stats in memory, retrying")
             self._db_failing = True
+            self._db_retry_at = time.monotonic() + DB_RETRY
             return
         if self._db_failing:
             self.log.info("database %s: writable again", self.cfg.db)
@@ -340,6 +410,7 @@ class Sensor:
         self._unsaved_findings.clear()
         self._unsaved_stats.clear()
         self._unsaved_files.clear()
+        self._unsaved_state.clear()
 
     def snapshot(self) -> dict:
         """The counters of a stats row (also what the status line and --tui show)."""
@@ -351,12 +422,16 @@ class Sensor:
         self.new_in_interval = 0
         detail = {"engine": st, "source": counters, "mode": "learn" if self.learning else "detect",
                   "findings_dropped": self.agg.dropped,
-                  "sweep_pairs_dropped": self.checker.sweep_pairs_dropped}
+                  "sweep_pairs_dropped": self.checker.sweep_pairs_dropped,
+                  "stats_rows_dropped": self.stats_dropped}
         if self.syslog is not None:
             detail["syslog"] = {"sent": self.syslog.sent, "dropped": self.syslog.dropped}
+        if self.outputs:
+            detail["json_dropped"] = sum(out.dropped for out in self.outputs)
         if self.evidence is not None:
             detail["evidence"] = {"files": self.evidence.files_written,
-                                  "deleted": self.evidence.files_deleted}
+                                  "deleted": self.evidence.files_deleted,
+                                  "failed": self.evidence.files_failed}
         return {
             "ts": time.time(), "interval": round(interval, 3), "packets": st["packets"],
             "bytes": st["bytes"], "kernel_received": counters.get("kernel_received"),
@@ -397,9 +472,8 @@ class Sensor:
                 if self.reload_requested:
                     self.reload_policy()
                 now = time.monotonic()
+                self._tick_clock(now)
                 if now >= next_flush:
-                    if self.live:
-                        self.engine.sweep(time.time())
                     stats = now >= next_stats
                     if stats:
                         next_stats = now + self.cfg.stats_interval
@@ -422,7 +496,10 @@ class Sensor:
         self.flush(final=True, stats=True)
         if self.evidence is not None:
             self.evidence.close()
-        self.store.stop(reason)
+        try:
+            self.store.stop(reason)
+        except sqlite3.Error as exc:
+            self.log.error("database %s: cannot record the stop: %s", self.cfg.db, exc)
         self._emit({"type": "sensor", "event": "stopped", "reason": reason,
                     "findings": len(self.agg.findings), "packets": self.engine.packets})
         if self.syslog is not None:

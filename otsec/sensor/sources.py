@@ -173,6 +173,10 @@ class LiveSource:
     def checkpoint(self) -> list[dict]:
         return []
 
+    def idle(self) -> bool:
+        """Packets arrive as they happen: on a quiet link the capture clock runs on."""
+        return True
+
     def close(self) -> None:
         if self.handle is not None:
             self._keep_counters()
@@ -185,6 +189,9 @@ def _natural(name: str) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
+_EMPTY_SHA = hashlib.sha256(b"").hexdigest()
+
+
 def _head_sha(path: Path, length: int) -> str:
     with open(path, "rb") as fh:
         return hashlib.sha256(fh.read(length)).hexdigest()
@@ -194,11 +201,14 @@ class PcapDirSource:
     """Follows a directory that tcpdump/dumpcap fill with rotated files (``-w`` with ``-C``/``-G``).
 
     A file is read once it is complete: a newer file exists, or it has not changed size or
-    modification time for ``settle`` seconds. Progress (packets read) is saved with each
-    flush, so a restart neither repeats a file nor loses one; a file stopped in the middle
-    resumes after its last saved packet. A file is recognised by name plus a hash of its
-    first bytes, so a ring buffer (``-W``) that reuses a name is read again as a new file.
-    A file that grows after it was read (the writer was only quiet) has its new packets read.
+    modification time for ``settle`` seconds. Progress (packets read) is kept here for the
+    files present in the directory and saved with each flush, so a restart neither repeats a
+    file nor loses one, and a database that refuses writes for a while does not make a file
+    look unread; a file stopped in the middle resumes after its last saved packet. A file is
+    recognised by name plus a hash of its first bytes, so a ring buffer (``-W``) that reuses
+    a name, or a file that shrank, is read again as a new file. A file that grows after it
+    was read (the writer was only quiet) has its new packets read. A damaged file is read up
+    to the damage, reported once, and not read again unless it changes.
     """
 
     def __init__(self, directory: str | Path, store, settle: float = 10.0, log=None):
@@ -210,7 +220,11 @@ class PcapDirSource:
         self.settle = settle
         self.log = log
         self.seen: dict[str, tuple[int, int, float]] = {}   # name -> (size, mtime_ns, unchanged since)
+        #: progress rows of the files in the directory (loaded from the store on first sight);
+        #: only names still present are kept, so both tables stay as small as the directory
+        self.known: dict[str, dict | None] = {}
         self.next_scan = 0.0
+        self.waiting = False              # the newest file is settling: its packets are still to come
         self.reader: CaptureReader | None = None
         self.packets = None
         self.current: dict | None = None    # progress row of the file being read
@@ -220,6 +234,10 @@ class PcapDirSource:
     def start(self) -> None:
         self.log.info("following %s (a file is read when a newer one exists or after %.0f s "
                       "without change)", self.dir, self.settle)
+
+    def idle(self) -> bool:
+        """Nothing being read and nothing waiting to be: the capture clock may run on."""
+        return self.reader is None and not self.waiting
 
     # --- choosing the next file -------------------------------------------------------
     def _candidates(self) -> list[tuple[Path, os.stat_result]]:
@@ -240,22 +258,36 @@ class PcapDirSource:
                 continue
             out.append((Path(e.path), st))
         out.sort(key=lambda x: (x[1].st_mtime_ns, _natural(x[0].name)))
+        names = {path.name for path, _ in out}
+        for table in (self.seen, self.known):
+            for name in [n for n in table if n not in names]:
+                del table[name]
         return out
 
     def _known(self, path: Path, st: os.stat_result) -> dict | None:
-        """The stored progress of this very file (None for a new file)."""
-        row = self.dirty.get(path.name) or self.store.file_row(path.name)
+        """The progress of this very file (None for a new file)."""
+        if path.name not in self.known:
+            self.known[path.name] = self.store.file_row(path.name)
+        row = self.known[path.name]
         if row is None:
             return None
         if row["mtime_ns"] == st.st_mtime_ns and row["size"] == st.st_size:
             return row
-        if st.st_size < row["head_len"] or _head_sha(path, row["head_len"]) != row["head_sha256"]:
-            return None    # same name, other content: a ring buffer reused the name
+        if st.st_size < row["size"]:
+            self.log.warning("%s shrank (%d -> %d bytes): reading it as a new file", path,
+                             row["size"], st.st_size)
+            return None
+        try:
+            if _head_sha(path, row["head_len"]) != row["head_sha256"]:
+                return None    # same name, other content: a ring buffer reused the name
+        except OSError:
+            return None
         return row
 
     def _next_file(self) -> tuple[Path, dict] | None:
         now = time.monotonic()
         files = self._candidates()
+        self.waiting = False
         for i, (path, st) in enumerate(files):
             row = self._known(path, st)
             if row is not None and row["status"] in ("done", "error") and row["size"] == st.st_size \
@@ -268,14 +300,23 @@ class PcapDirSource:
                 prev = self.seen[path.name]
             newer_exists = i < len(files) - 1
             if not newer_exists and now - prev[2] < self.settle:
+                self.waiting = True
                 return None     # the newest file may still be written
             if row is None:
-                row = {"name": path.name, "head_len": min(st.st_size, HEAD_BYTES),
-                       "packets": 0, "error": None}
-                row["head_sha256"] = _head_sha(path, row["head_len"])
+                row = {"name": path.name, "packets": 0, "error": None}
             elif row["status"] == "done":
                 self.log.warning("%s grew after it was read; reading its new packets", path)
             row.update(size=st.st_size, mtime_ns=st.st_mtime_ns, status="partial")
+            self.known[path.name] = row
+            head_len = min(st.st_size, HEAD_BYTES)
+            try:
+                row.update(head_len=head_len, head_sha256=_head_sha(path, head_len))
+            except OSError as exc:       # reported once: the row says so until the file changes
+                error = f"{path}: cannot read: {exc.strerror or exc}"
+                row.update(head_len=0, head_sha256=_EMPTY_SHA, status="error", error=error)
+                self.dirty[path.name] = row
+                self.log.error("%s", error)
+                continue
             return path, row
         return None
 
@@ -307,25 +348,30 @@ class PcapDirSource:
         row = self.current
         done, n = row["packets"], 0
         feed = sink.feed
-        for pkt_no, ts, linktype, frame in self.packets:
-            if pkt_no <= done:
-                continue
-            feed(pkt_no, ts, linktype, frame)
-            row["packets"] = pkt_no
-            n += 1
-            if n >= budget:
-                self.dirty[row["name"]] = row
-                return n
-        self._finish_file(row)
+        try:
+            for pkt_no, ts, linktype, frame in self.packets:
+                if pkt_no <= done:
+                    continue
+                feed(pkt_no, ts, linktype, frame)
+                row["packets"] = pkt_no
+                n += 1
+                if n >= budget:
+                    self.dirty[row["name"]] = row
+                    return n
+        except OSError as exc:   # the file became unreadable (I/O error, network share gone)
+            self._finish_file(row, f"{self.reader.path}: cannot read after packet "
+                                   f"{row['packets']}: {exc.strerror or exc}")
+            return n
+        self._finish_file(row, self.reader.error)
         return n
 
-    def _finish_file(self, row: dict) -> None:
-        reader = self.reader
-        if reader.error:
-            self.log.warning("%s (packets before it were read)", reader.error)
-        row.update(status="done", error=reader.error)
+    def _finish_file(self, row: dict, error: str | None) -> None:
+        if error:
+            self.log.warning("%s (packets before it were read; the file is not read again "
+                             "unless it changes)", error)
+        row.update(status="done", error=error)
         self.dirty[row["name"]] = row
-        reader.close()
+        self.reader.close()
         self.reader = self.packets = self.current = None
         self.files_done += 1
         self.next_scan = 0.0

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sqlite3
 
 import sqlite_utils
 
 from otsec.detect.findings import Finding
 from otsec.store import detect_store  # registers 0002/0003 before ours: 0010 alters `findings`
-from otsec.store.db import MIGRATIONS
+from otsec.store.db import MIGRATIONS, StoreError
 
 #: Stats columns, in the order of the status line; values come from :meth:`Sensor.snapshot`.
 STATS_COLUMNS = {
@@ -64,19 +65,27 @@ class SensorStore:
     def __init__(self, db: sqlite_utils.Database, source: str, mode: str, policy: str,
                  baseline: str | None):
         self.db = db
-        with db.conn:
-            self.run_id = db["check_runs"].insert({
-                "started_at": now_iso(), "policy": policy, "baseline": baseline,
-                "captures": json.dumps([source]), "findings": 0, "suppressed": 0,
-            }).last_pk
-            db["sensor_runs"].insert({"run_id": self.run_id, "source": source, "mode": mode,
-                                      "policy": policy, "started_at": now_iso()})
+        try:
+            with db.conn:
+                self.run_id = db["check_runs"].insert({
+                    "started_at": now_iso(), "policy": policy, "baseline": baseline,
+                    "captures": json.dumps([source]), "findings": 0, "suppressed": 0,
+                }).last_pk
+                db["sensor_runs"].insert({"run_id": self.run_id, "source": source, "mode": mode,
+                                          "policy": policy, "started_at": now_iso()})
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot start a sensor run in the database: {exc}") from None
 
     def write(self, findings: list[tuple[int, Finding, str | None]], stats: list[dict],
-              files: list[dict], totals: tuple[int, int] | None = None) -> None:
+              files: list[dict], totals: tuple[int, int] | None = None,
+              state: dict[str, str] | None = None) -> None:
         """One flush: changed findings as (seq, finding, evidence path), stats rows,
-        pcap-dir progress rows and the run's finding totals (active, suppressed)."""
+        pcap-dir progress rows, the run's finding totals (active, suppressed) and durable
+        facts (:func:`get_state` keys)."""
         with self.db.conn:
+            if state:
+                self.db["sensor_state"].insert_all(
+                    ({"key": k, "value": v} for k, v in state.items()), replace=True)
             if findings:
                 rows = []
                 for seq, f, evidence in findings:
@@ -107,8 +116,3 @@ def get_state(db: sqlite_utils.Database, key: str) -> str | None:
     """A durable sensor fact (e.g. when learning started), None when never set."""
     row = db.execute("SELECT value FROM sensor_state WHERE key = ?", [key]).fetchone()
     return row[0] if row else None
-
-
-def set_state(db: sqlite_utils.Database, key: str, value: str) -> None:
-    with db.conn:
-        db["sensor_state"].insert({"key": key, "value": value}, replace=True)
