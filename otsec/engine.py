@@ -43,6 +43,14 @@ class EngineConfig:
     udp_idle_timeout: float = DEFAULT_UDP_IDLE
     #: (index, count): decode only the connections of this shard (set by analyze(jobs=N)).
     shard: tuple[int, int] | None = None
+    #: Per-source entries kept in the statistics (None: all; a sensor that reads a file a
+    #: minute for months keeps only the current one).
+    source_history: int | None = None
+
+#: A source whose first packet is this much older than the last packet seen does not
+#: continue the traffic so far (an unrelated capture, a ring buffer reused): the open
+#: connections are ended first, so a reused 5-tuple is not taken for the same connection.
+SOURCE_CLOCK_SLACK = 1.0
 
 
 def _ignore(_item) -> None:
@@ -73,6 +81,8 @@ class Engine:
         self.last_ts: float | None = None
         #: one entry per capture file or interface: name, packets, first/last ts, error
         self.sources: list[dict] = []
+        self.sources_restarted = 0         # sources that did not continue the traffic so far
+        self._source_starts = False        # the next packet is its source's first
 
     @property
     def capture_errors(self) -> list[str]:
@@ -84,10 +94,19 @@ class Engine:
             self.table.source_index += 1
         self.table.capture = name
         self.sources.append({"name": name, "packets": 0, "first_ts": None, "last_ts": None, "error": None})
+        keep = self.config.source_history
+        if keep is not None and len(self.sources) > keep:
+            del self.sources[:-keep]
+        self._source_starts = True
 
     def feed(self, pkt_no: int, ts: float, linktype: int, frame: bytes) -> None:
         self.packets += 1
         self.bytes += len(frame)
+        if self._source_starts:
+            self._source_starts = False
+            if self.last_ts is not None and ts < self.last_ts - SOURCE_CLOCK_SLACK:
+                self.sources_restarted += 1
+                self.table.retire_all(pkt_no)
         if self.first_ts is None:
             self.first_ts = ts
         self.last_ts = ts
@@ -111,10 +130,6 @@ class Engine:
             for pkt_no, ts, linktype, frame in reader:
                 if first_ts is None:
                     first_ts = ts
-                    if self.last_ts is not None and ts < self.last_ts:
-                        # not the continuation of the previous file (time went back):
-                        # its connections are not this file's, even on the same 5-tuples
-                        self.table.retire_all(pkt_no)
                 feed(pkt_no, ts, linktype, frame)
                 if progress is not None and not pkt_no & 0x3FFF:
                     progress(reader.offset, reader.size)
@@ -149,6 +164,7 @@ class Engine:
             **self.table.counters,
             "decode": self.health.as_dict(),
             "sources": [dict(s) for s in self.sources],
+            "sources_restarted": self.sources_restarted,
             "capture_errors": self.capture_errors,
         }
 

@@ -412,3 +412,28 @@ def test_fuzz_mutated_files(tmp_path, data):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(raw)))
     check_never_raises(tmp_path, bytes(raw[:cut]))
+
+
+def test_a_read_error_mid_file_ends_iteration_with_one_line_naming_it(tmp_path, monkeypatch):
+    """EIO (a failing disk, a network share gone) is reported like damage, never raised."""
+    import errno
+    from otsec.capture import files as capture_files
+
+    path = tmp_path / "eio.pcap"
+    frames = [bytes(60)] * 3
+    head = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    path.write_bytes(head + b"".join(struct.pack("<IIII", 1, 0, 60, 60) + f for f in frames))
+    monkeypatch.setattr(capture_files, "CHUNK_SIZE", 64)
+    reader = capture_files.CaptureReader(path)
+    real_read = reader._file.read
+    calls = []
+
+    def failing_read(n):
+        calls.append(n)
+        if len(calls) > 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_read(n)
+    reader._file.read = failing_read
+    got = list(reader)
+    assert 0 < len(got) < 3
+    assert reader.error.startswith(f"{path}: read error after byte ") and "Input/output error" in reader.error

@@ -145,3 +145,11 @@ def test_data_held_behind_a_gap_is_released_before_the_packet_that_acknowledges_
     (request, response) = run.events
     assert (request.kind, request.packet, request.ts) == ("request", 4, 4.0)
     assert response.kind == "response" and response.request_packet == 4 and not response.anomalies
+
+
+def test_idle_sweeps_resume_after_the_clock_is_stepped_back():
+    run = Run(tcp_idle=60.0)
+    run(pkt(A, 40001, B, 9999, SYN, seq=1), ts=10_000.0)
+    run(pkt(A, 40002, B, 9999, SYN, seq=1), ts=100.0)      # NTP stepped the clock back
+    run(pkt(A, 40003, B, 9999, SYN, seq=1), ts=200.0)      # 100 s later: 40002 is idle
+    assert {f.client_port for f in run.flows} == {40002}

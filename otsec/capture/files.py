@@ -199,7 +199,13 @@ class CaptureReader:
         parts = [buf[pos:]]
         have = len(parts[0])
         while have < need:
-            more = self._file.read(max(CHUNK_SIZE, need - have))
+            try:
+                more = self._file.read(max(CHUNK_SIZE, need - have))
+            except OSError as exc:  # EIO, a network share gone: the file ends here, said once
+                if self.error is None:
+                    self.error = (f"{self.path}: read error after byte {self.offset + have} "
+                                  f"(packet {self.packets + 1}): {exc.strerror or exc}")
+                break
             if not more:
                 break
             parts.append(more)
@@ -212,8 +218,10 @@ class CaptureReader:
         return self._iter_pcapng()
 
     def _fail(self, offset: int, what: str, detail: str):
-        """Records why iteration stops at the record or block starting at ``offset``."""
-        self.error = f"{self.path}: {what} at byte {offset} (packet {self.packets + 1}): {detail}"
+        """Records why iteration stops at the record or block starting at ``offset``
+        (a read error recorded first is the real cause and is kept)."""
+        if self.error is None:
+            self.error = f"{self.path}: {what} at byte {offset} (packet {self.packets + 1}): {detail}"
 
     def _iter_pcap(self):
         unpack_record = struct.Struct(self._order + "IIII").unpack_from

@@ -126,6 +126,7 @@ class FlowTable:
         self.counters = {"flows": 0, "flows_timed_out": 0, "flows_evicted": 0,
                          "retransmitted_bytes": 0, "overlap_conflicts": 0, "gap_bytes": 0}
         self._next_sweep = 0.0
+        self._sweep_floor = float("-inf")   # a packet older than this means the clock stepped back
 
     # --- per packet ------------------------------------------------------------------
 
@@ -141,10 +142,13 @@ class FlowTable:
         if ts >= self._next_sweep:
             self.clock_packet = pkt_no - 0.5
             self._sweep(ts)
+        elif ts < self._sweep_floor:
+            self._next_sweep = ts   # the clock was stepped back: sweep from the new time on
+            self._sweep_floor = ts - 2 * SWEEP_INTERVAL
 
     def packet(self, pkt_no: int, ts: float, pkt: tuple) -> None:
         src_mac, dst_mac, sip, dip, proto, sport, dport, flags, seq, ack, payload = pkt
-        if ts >= self._next_sweep:
+        if not self._sweep_floor <= ts < self._next_sweep:
             self.tick(pkt_no, ts)
         self.clock_packet = pkt_no
         entry = self.index.get((sip, sport, dip, dport, proto))
@@ -368,6 +372,7 @@ class FlowTable:
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + SWEEP_INTERVAL
+        self._sweep_floor = now - SWEEP_INTERVAL
         for st in list(self.states.values()):
             idle = now - st.flow.last_ts
             limit = self.closed_linger if st.closed else (
