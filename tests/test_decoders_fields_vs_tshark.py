@@ -225,12 +225,12 @@ UNCOMPARED_FIELDS: dict[str, dict[str, str]] = {
 }
 
 
-#: Captures where a client segment follows bytes never captured. otsec's flow layer holds
-#: such a segment until the peer acknowledges past the hole, so the request is reported
-#: at the packet of its response (after it); tshark reports it at its own packet. Their
-#: fields are compared per connection direction, in order, instead of per packet.
+#: Captures where segments arrive after a hole that a later (out-of-order) segment fills.
+#: otsec reports the messages queued behind the hole at the packet that filled it (or, for
+#: a hole never filled, at the packet whose ACK gave up on it); tshark, without
+#: out-of-order reassembly, dissects each segment at its own packet. Their fields are
+#: compared per connection direction, in order, instead of per packet.
 GAP_DELAYED = {
-    "s7comm/iti_step7_s300_authpassword.pcapng": "2 client segments follow lost segments",
     "s7comm/iti_wincc_s300_alarm_read_write.pcapng": "79 lost segments (tshark)",
     "s7comm/iti_wincc_s400_production.pcapng": "423 lost segments (tshark)",
     "modbus/zeek_modbus_fuzz72.pcap": "16 lost segments, 10 retransmissions (fuzz trace)",
