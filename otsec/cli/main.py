@@ -1,7 +1,8 @@
 """The ``otsec`` command line: thin commands over the library.
 
 Exit codes: 0 success; 1 the input was damaged (partial results were still reported) or,
-for ``check``, a finding at or above ``--fail-on``; 2 usage, input or policy errors.
+for ``check``, a finding at or above ``--fail-on``; 2 usage, input or policy errors;
+3 an internal error (a bug: one line, OTSEC_DEBUG=1 shows the traceback); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -87,14 +88,14 @@ def analyze(
         stored.finish(stats, datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if out is not None and out is not sys.stdout:
         out.close()
-    report = summary.report(stats, [str(p) for p in captures])
+    document = summary.report(stats, [str(p) for p in captures])
     if output_format == "json":
-        print(json.dumps(report, indent=2, default=str))
+        print(json.dumps(document, indent=2, default=str))
     else:
         out_console = Console(highlight=False)
         if not out_console.is_terminal:
             out_console = Console(highlight=False, width=160)
-        render_summary(report, out_console)
+        render_summary(document, out_console)
     if report_damage(stats):
         raise typer.Exit(1)
 
