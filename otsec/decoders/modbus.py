@@ -304,6 +304,18 @@ def _write_single(kind: str):
     return parse
 
 
+def _written_values(ev: Event, data: bytes, at: int, expected: int, unpack) -> None:
+    """The byte count at ``at`` (checked against what the quantity implies), then the
+    values it announces, which end the PDU: the tail of every multi-value write."""
+    count = data[at]
+    ev.detail["byte_count"] = count
+    if count != expected:
+        ev.anomalies.append(A_INVALID_LENGTH)
+    _need(data, at + 1 + count)
+    ev.detail["values"] = unpack(data[at + 1:at + 1 + count])
+    _exact(ev, data, at + 1 + count)
+
+
 def _req_write_coils(ev: Event, data: bytes, ctx: dict) -> None:
     start, qty = _U16X2.unpack_from(data)
     ev.targets.append(Target("coil", start, qty))
@@ -312,13 +324,7 @@ def _req_write_coils(ev: Event, data: bytes, ctx: dict) -> None:
     detail["quantity"] = qty
     if not 1 <= qty <= MAX_WRITE_COILS:
         ev.anomalies.append(A_INVALID_LENGTH)
-    count = data[4]
-    detail["byte_count"] = count
-    if count != (qty + 7) // 8:
-        ev.anomalies.append(A_INVALID_LENGTH)
-    _need(data, 5 + count)
-    detail["values"] = _bits(data[5:5 + count], qty)
-    _exact(ev, data, 5 + count)
+    _written_values(ev, data, 4, (qty + 7) // 8, lambda raw: _bits(raw, qty))
 
 
 def _req_write_registers(ev: Event, data: bytes, ctx: dict) -> None:
@@ -329,13 +335,7 @@ def _req_write_registers(ev: Event, data: bytes, ctx: dict) -> None:
     detail["quantity"] = qty
     if not 1 <= qty <= MAX_WRITE_REGISTERS:
         ev.anomalies.append(A_INVALID_LENGTH)
-    count = data[4]
-    detail["byte_count"] = count
-    if count != 2 * qty:
-        ev.anomalies.append(A_INVALID_LENGTH)
-    _need(data, 5 + count)
-    detail["values"] = _words(data[5:5 + count])
-    _exact(ev, data, 5 + count)
+    _written_values(ev, data, 4, 2 * qty, _words)
 
 
 def _no_data(ev: Event, data: bytes, ctx: dict) -> None:
@@ -427,13 +427,7 @@ def _req_read_write(ev: Event, data: bytes, ctx: dict) -> None:
         ev.anomalies.append(A_INVALID_LENGTH)
     if not 1 <= wqty <= MAX_RW_WRITE_REGISTERS:
         ev.anomalies.append(A_INVALID_LENGTH)
-    count = data[8]
-    detail["byte_count"] = count
-    if count != 2 * wqty:
-        ev.anomalies.append(A_INVALID_LENGTH)
-    _need(data, 9 + count)
-    detail["values"] = _words(data[9:9 + count])
-    _exact(ev, data, 9 + count)
+    _written_values(ev, data, 8, 2 * wqty, _words)
 
 
 def _req_fifo(ev: Event, data: bytes, ctx: dict) -> None:
