@@ -5,7 +5,10 @@ fields a detection relies on. tshark runs once per capture with ``-T fields`` (e
 occurrence of a field in a frame, in dissection order) and otsec's events are turned
 into the same per-frame lists, so several messages in one frame are compared in
 order. A message reassembled from several segments (TCP, COTP DT, OPC UA chunks) is
-compared at its last segment, where both tshark and otsec report it.
+compared at its last segment, where both tshark and otsec report it. Segments that
+arrive behind a hole (lost or reordered) are compared at their own packet too: otsec
+reports each message queued behind the hole at the packet that carried its last byte,
+as tshark does, not at the packet that filled or gave up on the hole.
 
 Every frame where the two disagree must be listed in KNOWN_DIFFERENCES with the reason,
 checked by hand against the bytes; a listed frame that stops differing fails too, so
@@ -186,10 +189,17 @@ _TIS_PUSH = ("programmer-command push (result of a variable-table job): tshark l
              "return code of each TIS item; otsec keeps only the data part's return code")
 _UA_ENCRYPTED = ("MSG in a SignAndEncrypt channel: the sequence header is encrypted; tshark "
                  "prints the ciphertext as a request id, otsec reports none")
+_WINCC_300 = "s7comm/iti_wincc_s300_alarm_read_write.pcapng"
+_WINCC_400 = "s7comm/iti_wincc_s400_production.pcapng"
+_ALARM_QUERY = ("ALARM query answer: tshark lists a return code per message object as well; "
+                "otsec does not decode alarm contents and keeps the data part's return code")
+_ALARM_8 = ("ALARM_8 indication: tshark lists a return code per associated value as well; "
+            "otsec keeps only the data part's")
+_NOTIFY = "NOTIFY indication: same, a return code per associated value"
 
-#: (capture, frame or connection direction) -> why otsec and tshark legitimately
-#: disagree there. Every entry was checked by hand against the bytes.
-KNOWN_DIFFERENCES: dict[tuple[str, object], str] = {
+#: (capture, frame) -> why otsec and tshark legitimately disagree there. Every entry
+#: was checked by hand against the bytes.
+KNOWN_DIFFERENCES: dict[tuple[str, int], str] = {
     (_QD1, 113): "packet 111 carries 3 bytes after its ADU; tshark prepends them to packet "
                  "113 and skips it as malformed, otsec resynchronises and decodes the FC 42 ADU",
     (_SWEEP, 6): "the first ADU of the connection has FC 0: the probe refuses FC 0 at a "
@@ -207,52 +217,30 @@ KNOWN_DIFFERENCES: dict[tuple[str, object], str] = {
     (_VARTAB, 7): _TIS_PUSH, (_VARTAB, 15): _TIS_PUSH, (_VARTAB, 20): _TIS_PUSH,
     (_VARTAB, 24): _TIS_PUSH,
     **{(_UA_ENC, frame): _UA_ENCRYPTED for frame in range(31, 52, 2)},
-    ("modbus/zeek_modbus_fuzz72.pcap", ("192.168.66.235", 2582, 502)):
+    ("modbus/zeek_modbus_fuzz72.pcap", 7):
         "packet 6 carries 2 bytes after its ADU; tshark prepends them to packet 7, reads "
         "length 0 and skips the FC 34 request (tid 0) there; otsec resynchronises and "
-        "decodes it, so its client stream has that one request more",
-}
-
-#: Fields not compared in a GAP_DELAYED capture (they cannot be excluded per packet there).
-UNCOMPARED_FIELDS: dict[str, dict[str, str]] = {
-    "s7comm/iti_wincc_s300_alarm_read_write.pcapng": {
-        "s7comm.data.returncode": "ALARM query answers and alarm indications carry a return "
-                                  "code per message object or associated value; otsec does "
-                                  "not decode alarm contents"},
-    "s7comm/iti_wincc_s400_production.pcapng": {
-        "s7comm.data.returncode": "same: ALARM_8 and NOTIFY indications carry a return code "
-                                  "per associated value"},
-}
-
-
-#: Captures where segments arrive after a hole that a later (out-of-order) segment fills.
-#: otsec reports the messages queued behind the hole at the packet that filled it (or, for
-#: a hole never filled, at the packet whose ACK gave up on it); tshark, without
-#: out-of-order reassembly, dissects each segment at its own packet. Their fields are
-#: compared per connection direction, in order, instead of per packet.
-GAP_DELAYED = {
-    "s7comm/iti_wincc_s300_alarm_read_write.pcapng": "79 lost segments (tshark)",
-    "s7comm/iti_wincc_s400_production.pcapng": "423 lost segments (tshark)",
-    "modbus/zeek_modbus_fuzz72.pcap": "16 lost segments, 10 retransmissions (fuzz trace)",
+        "decodes it",
+    (_WINCC_300, 12): _ALARM_QUERY, (_WINCC_300, 14): _ALARM_QUERY,
+    (_WINCC_400, 18): _ALARM_QUERY, (_WINCC_400, 21): _ALARM_QUERY,
+    (_WINCC_400, 19): _ALARM_8, (_WINCC_400, 476): _ALARM_8,
+    **{(_WINCC_400, frame): _NOTIFY
+       for frame in (351, 352, 353, 437, 627, 630, 631, 692, 1322, 1325, 1327, 1497)},
 }
 
 
 def _tshark(path: Path, display_filter: str, fields: tuple[str, ...], extra: list[str]) -> dict:
-    """frame number -> field -> list of values (ints where numeric), all occurrences;
-    the frame's connection direction under the key "direction"."""
+    """frame number -> field -> list of values (ints where numeric), all occurrences."""
     cmd = ["tshark", "-n", "-r", str(path), *extra, "-Y", display_filter, "-T", "fields",
-           "-E", "occurrence=a", "-E", "aggregator=\x1f", "-e", "frame.number",
-           "-e", "ip.src", "-e", "tcp.srcport", "-e", "tcp.dstport"]
+           "-E", "occurrence=a", "-E", "aggregator=\x1f", "-e", "frame.number"]
     for f in fields:
         cmd += ["-e", f]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     frames = {}
     for line in out.splitlines():
         cols = line.split("\t")
-        row = {f: [_value(v) for v in col.split("\x1f") if v != ""]
-               for f, col in zip(fields, cols[4:])}
-        row["direction"] = (cols[1], int(cols[2]), int(cols[3]))
-        frames[int(cols[0])] = row
+        frames[int(cols[0])] = {f: [_value(v) for v in col.split("\x1f") if v != ""]
+                                for f, col in zip(fields, cols[1:])}
     return frames
 
 
@@ -263,12 +251,11 @@ def _value(text: str):
         return text
 
 
-def _otsec(events, fields: tuple[str, ...], to_fields, by_direction: bool) -> dict:
-    """Events as tshark's rows: per packet, or per connection direction."""
-    rows: dict[object, dict[str, list]] = collections.defaultdict(
-        lambda: {f: [] for f in fields})
+def _otsec(events, fields: tuple[str, ...], to_fields) -> dict:
+    """Events as tshark's rows, per packet."""
+    rows: dict[int, dict[str, list]] = collections.defaultdict(lambda: {f: [] for f in fields})
     for ev in events:
-        row = rows[(ev.src_ip, ev.src_port, ev.dst_port) if by_direction else ev.packet]
+        row = rows[ev.packet]
         for f, v in to_fields(ev).items():
             if v is None:
                 continue
@@ -290,19 +277,6 @@ def _drop_intermediate_chunks(frames: dict) -> None:
                 row[f] = [v for k, v in zip(channel_keep, row[f]) if k]
 
 
-def _by_direction(frames: dict, fields: tuple[str, ...]) -> dict:
-    """Per-frame rows concatenated in frame order per connection direction, keyed by
-    the direction (source address, source port, destination port)."""
-    streams: dict[tuple, dict] = {}
-    for frame in sorted(frames):
-        row = frames[frame]
-        key = row["direction"]
-        stream = streams.setdefault(key, {f: [] for f in fields})
-        for f in fields:
-            stream[f].extend(row[f])
-    return streams
-
-
 def differences(relpath: str, protocol: str) -> dict[int, dict[str, tuple[list, list]]]:
     """frame -> field -> (tshark values, otsec values) where they differ."""
     path = capture(relpath)
@@ -312,17 +286,13 @@ def differences(relpath: str, protocol: str) -> dict[int, dict[str, tuple[list, 
     theirs = _tshark(path, display_filter, query, extra)
     if protocol == "opcua":
         _drop_intermediate_chunks(theirs)
-    by_direction = relpath in GAP_DELAYED
-    if by_direction:
-        theirs = _by_direction(theirs, fields)
     ours = _otsec([e for e in collect([path]).events if e.protocol in protocols], fields,
-                  to_fields, by_direction)
-    skipped = UNCOMPARED_FIELDS.get(relpath, {})
+                  to_fields)
     empty = {f: [] for f in fields}
     out = {}
     for frame in sorted(set(theirs) | set(ours)):
         a, b = theirs.get(frame, empty), ours.get(frame, empty)
-        diff = {f: (a[f], b[f]) for f in fields if a[f] != b[f] and f not in skipped}
+        diff = {f: (a[f], b[f]) for f in fields if a[f] != b[f]}
         if diff:
             out[frame] = diff
     return out

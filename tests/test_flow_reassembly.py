@@ -24,6 +24,46 @@ def test_out_of_order_segment_waits_for_the_hole():
     assert s.queue == {} and s.queued_bytes == 0
 
 
+def test_released_segments_are_listed_with_the_packet_each_came_in():
+    s = Stream()
+    s.syn(0)
+    assert s.push(1, b"ab", 2, 2.0) == b"ab" and s.bounds is None   # in order: no list
+    assert s.push(6, b"fgh", 3, 3.0) == b""                          # after a hole at 3..5
+    assert s.push(9, b"ij", 4, 4.0) == b""
+    assert s.push(3, b"cde", 5, 5.0) == b"cdefghij"                  # fills it
+    #              end offset, packet, ts:  cde -> 5,  fgh -> 3,  ij -> 4
+    assert s.bounds == [(3, 5, 5.0), (6, 3, 3.0), (8, 4, 4.0)]
+    assert s.push(11, b"k", 6, 6.0) == b"k" and s.bounds is None and s.arrival == {}
+
+
+def test_segments_released_by_a_gap_start_at_the_first_queued_one():
+    s = Stream()
+    s.syn(0)
+    s.push(1, b"aa", 2, 2.0)
+    s.push(10, b"zz", 3, 3.0)        # bytes 3..9 never captured
+    s.push(12, b"y", 4, 4.0)
+    assert s.acked(13) == b"zzy" and s.bounds == [(2, 3, 3.0), (3, 4, 4.0)]
+
+
+def test_queued_copies_keep_the_packet_of_their_last_byte():
+    s = Stream()
+    s.syn(0)
+    s.push(5, b"ef", 2, 2.0)
+    s.push(5, b"ef", 3, 3.0)          # the same bytes again: packet 2 brought them first
+    s.push(7, b"g", 4, 4.0)
+    s.push(7, b"gh", 5, 5.0)          # a longer copy: its last byte came in packet 5
+    assert s.push(1, b"abcd", 6, 6.0) == b"abcdefgh"
+    assert s.bounds == [(4, 6, 6.0), (6, 2, 2.0), (8, 5, 5.0)]
+
+
+def test_queued_segment_overlapping_the_head_is_listed_for_its_new_bytes():
+    s = Stream()
+    s.syn(0)
+    s.push(4, b"defg", 2, 2.0)
+    assert s.push(1, b"abcde", 3, 3.0) == b"abcdefg"   # "de" delivered by packet 3
+    assert s.bounds == [(5, 3, 3.0), (7, 2, 2.0)] and s.retransmitted_bytes == 2
+
+
 def test_retransmission_is_dropped_and_counted():
     s = Stream()
     s.syn(0)
@@ -92,5 +132,18 @@ def test_any_cut_order_and_duplication_yields_the_original_stream(data, seed, is
     rng.shuffle(segs)
     s = Stream()
     s.syn(isn)
-    out = b"".join(s.push(seq, seg) for seq, seg in segs)
-    assert out == data and s.gaps == 0
+    out = b""
+    for packet, (seq, seg) in enumerate(segs):
+        got = s.push(seq, seg, packet, float(packet))
+        if not got:
+            continue
+        # every released byte is attributed to a packet that carried it
+        start = 0
+        for end, came_in, ts in s.bounds or [(len(got), packet, float(packet))]:
+            first = (segs[came_in][0] - isn - 1) & 0xFFFFFFFF
+            assert first <= len(out) + start and len(out) + end <= first + len(segs[came_in][1])
+            assert ts == came_in and end > start
+            start = end
+        assert start == len(got)
+        out += got
+    assert out == data and s.gaps == 0 and s.arrival == {}

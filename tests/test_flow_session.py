@@ -67,3 +67,37 @@ def test_decoder_exception_is_counted_not_raised():
     h = Health()
     s = Session(Decoder("bad", (), _probe, _frame, lambda: None, boom), h)
     assert s.feed(msg(b"q", 1), True, False) == [] and h.decoder_errors == 1
+
+
+def test_events_carry_the_packet_given_with_the_bytes():
+    s = Session(TOY, Health())
+    events = s.feed(msg(b"q", 1, b"a") + msg(b"q", 2, b"b"), True, False, 12, 1.5)
+    assert [(e.packet, e.ts) for e in events] == [(12, 1.5), (12, 1.5)]
+
+
+def test_released_segments_give_each_message_the_packet_of_its_last_byte():
+    s = Session(TOY, Health())
+    m1, m2, m3 = msg(b"q", 1, b"one"), msg(b"q", 2, b"two"), msg(b"q", 3, b"three")
+    data = m1 + m2 + m3
+    # segments as the reassembler released them: m1 + the first 3 bytes of m2 arrived last
+    # (packet 9, it filled the hole); the rest of m2 came in packet 6, m3 in packet 7
+    bounds = [(len(m1) + 3, 9, 9.0), (len(m1) + len(m2), 6, 6.0), (len(data), 7, 7.0)]
+    events = s.feed(data, True, False, 9, 9.0, bounds)
+    assert [(e.function, e.packet, e.ts) for e in events] == [
+        ("one", 9, 9.0), ("two", 6, 6.0), ("three", 7, 7.0)]
+
+
+def test_bytes_held_from_an_earlier_delivery_complete_where_their_last_byte_is():
+    s = Session(TOY, Health())
+    m1, m2 = msg(b"q", 1, b"one"), msg(b"q", 2, b"two")
+    assert s.feed(m1[:4], True, False, 3, 3.0) == []       # held: the start of m1
+    rest = m1[4:]
+    events = s.feed(rest + m2, True, False, 8, 8.0, [(len(rest), 8, 8.0), (len(rest) + len(m2), 5, 5.0)])
+    assert [(e.function, e.packet) for e in events] == [("one", 8), ("two", 5)]
+
+
+def test_one_released_message_spanning_segments_gets_the_last_one():
+    s = Session(TOY, Health())
+    m = msg(b"r", 4, b"long body")
+    (ev,) = s.feed(m, False, False, 10, 10.0, [(2, 10, 10.0), (6, 4, 4.0), (len(m), 5, 5.0)])
+    assert (ev.packet, ev.ts) == (5, 5.0)

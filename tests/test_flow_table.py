@@ -153,3 +153,67 @@ def test_idle_sweeps_resume_after_the_clock_is_stepped_back():
     run(pkt(A, 40002, B, 9999, SYN, seq=1), ts=100.0)      # NTP stepped the clock back
     run(pkt(A, 40003, B, 9999, SYN, seq=1), ts=200.0)      # 100 s later: 40002 is idle
     assert {f.client_port for f in run.flows} == {40002}
+
+
+def _client(run, offset, payload, ack=501):
+    """A client segment starting ``offset`` bytes into the client's stream (ISN 100)."""
+    run(pkt(A, 40000, B, 9999, ACK, seq=101 + offset, ack=ack, payload=payload))
+
+
+def test_messages_queued_behind_a_filled_hole_keep_their_own_packets():
+    run = Run()
+    handshake(run)                                             # packets 1-3
+    m1, m2, m3 = msg(b"q", 1, b"one"), msg(b"q", 2, b"two"), msg(b"q", 3, b"three")
+    _client(run, len(m1), m2)                                  # 4: after a hole (m1 late)
+    _client(run, len(m1) + len(m2), m3)                        # 5
+    _client(run, 0, m1)                                        # 6: fills the hole
+    run.table.finish()
+    assert [(e.function, e.packet, e.ts) for e in run.events] == [
+        ("one", 6, 6.0), ("two", 4, 4.0), ("three", 5, 5.0)]
+
+
+def test_message_split_around_a_hole_completes_at_the_segment_with_its_last_byte():
+    run = Run()
+    handshake(run)
+    m1, m2, m3 = msg(b"q", 1, b"one"), msg(b"q", 2, b"two"), msg(b"q", 3, b"three")
+    cut = len(m1) + 4                                          # inside m2
+    _client(run, cut, (m1 + m2 + m3)[cut:])                    # 4: end of m2, all of m3
+    _client(run, 0, (m1 + m2)[:cut])                           # 5: m1, start of m2
+    run.table.finish()
+    assert [(e.function, e.packet) for e in run.events] == [("one", 5), ("two", 4), ("three", 4)]
+
+
+def test_messages_after_a_hole_given_up_by_an_ack_keep_their_own_packets():
+    run = Run()
+    handshake(run)
+    m1, lost, m3, m4 = (msg(b"q", k, b"x" * k) for k in (1, 2, 3, 4))
+    _client(run, 0, m1)                                        # 4
+    _client(run, len(m1) + len(lost), m3)                      # 5: `lost` never captured
+    _client(run, len(m1) + len(lost) + len(m3), m4)            # 6
+    end = 101 + len(m1) + len(lost) + len(m3) + len(m4)
+    run(pkt(B, 9999, A, 40000, ACK, seq=501, ack=end))         # 7: acknowledges past the hole
+    run.table.finish()
+    assert [(e.pair_key, e.packet) for e in run.events] == [(1, 4), (3, 5), (4, 6)]
+    assert run.health.gaps == 1
+
+
+def test_queued_messages_given_up_at_the_end_of_the_input_keep_their_own_packets():
+    run = Run()
+    handshake(run)
+    m1, m2, m3 = msg(b"q", 1, b"one"), msg(b"q", 2, b"two"), msg(b"q", 3, b"three")
+    _client(run, len(m1), m2)                                  # 4: m1 never captured
+    _client(run, len(m1) + len(m2), m3)                        # 5
+    run.table.finish()
+    assert [(e.function, e.packet, e.ts) for e in run.events] == [("two", 4, 4.0), ("three", 5, 5.0)]
+
+
+def test_first_bytes_awaiting_detection_then_a_filled_hole():
+    """Detection sees held bytes + released segments: the packets still line up."""
+    run = Run()
+    handshake(run)
+    m1, m2, m3 = msg(b"q", 1, b"one"), msg(b"q", 2, b"two"), msg(b"q", 3, b"three")
+    _client(run, 0, m1[:3])                                    # 4: too short to recognise
+    _client(run, len(m1) + len(m2), m3)                        # 5: after a hole
+    _client(run, 3, m1[3:] + m2)                               # 6: fills it
+    run.table.finish()
+    assert [(e.function, e.packet) for e in run.events] == [("one", 6), ("two", 6), ("three", 5)]

@@ -13,6 +13,14 @@ stream the sender wrote:
   acknowledged past it, or the flow ends) becomes a *gap*: the stream skips ahead and
   says so, and the session layer resynchronises on the next message header.
 
+Data released from the queue joins segments that arrived in different packets. The
+stream then lists where each one ends, so that every message can be reported at the
+packet holding its last byte, as Wireshark reports each segment at its own packet::
+
+    released:  | current segment | queued seg (pkt 7) | queued seg (pkt 9) |
+    bounds:    (12, cur, ts)      (40, 7, ts7)         (52, 9, ts9)
+               end offset of each segment in the released bytes, its packet and time
+
 Sequence numbers are compared modulo 2**32, so wrap-around is handled.
 """
 
@@ -36,7 +44,7 @@ class Stream:
     """One direction of a TCP connection."""
 
     __slots__ = ("next_seq", "queue", "arrival", "queued_bytes", "gaps", "gap_bytes",
-                 "overlap_conflicts", "retransmitted_bytes", "gapped", "completed_at")
+                 "overlap_conflicts", "retransmitted_bytes", "gapped", "bounds")
 
     def __init__(self) -> None:
         self.next_seq: int | None = None   # next byte expected; None until the first segment/SYN
@@ -48,9 +56,10 @@ class Stream:
         self.overlap_conflicts = 0
         self.retransmitted_bytes = 0
         self.gapped = False                # set when the data returned last follows a gap
-        #: (packet, ts) of the latest segment in the data returned last from the queue: the
-        #: packet that completed it, as Wireshark reports a reassembled message
-        self.completed_at: tuple[int, float] = (0, 0.0)
+        #: for data returned last from the queue: (end offset, packet, ts) of each segment
+        #: joined into it, in order (at most MAX_QUEUED_SEGMENTS + 1); None when the data
+        #: returned is the current segment alone
+        self.bounds: list[tuple[int, int, float]] | None = None
 
     def syn(self, seq: int) -> None:
         """A SYN fixes the initial sequence number: data starts at seq + 1."""
@@ -59,8 +68,9 @@ class Stream:
 
     def push(self, seq: int, data: bytes, packet: int = 0, ts: float = 0.0) -> bytes:
         """Add a segment (arrived in ``packet`` at ``ts``); return the bytes that became
-        contiguous (possibly empty). They were completed by this segment."""
+        contiguous (possibly empty), with :attr:`bounds` set if queued segments joined it."""
         self.gapped = False
+        self.bounds = None
         if self.next_seq is None:
             self.next_seq = seq
         d = seq_diff(seq, self.next_seq)
@@ -77,7 +87,10 @@ class Stream:
             d = 0
         if d == 0:
             self.next_seq = (seq + len(data)) & 0xFFFFFFFF
-            return data + self._drain() if self.queue else data
+            if not self.queue:
+                return data
+            self.bounds = [(len(data), packet, ts)]
+            return self._drain([data])
         self._enqueue(seq, data, (packet, ts))
         if len(self.queue) > MAX_QUEUED_SEGMENTS or self.queued_bytes > MAX_QUEUED_BYTES:
             return self.skip_gap()
@@ -87,7 +100,7 @@ class Stream:
         """The peer acknowledged up to ``ack``: a queued hole below it will never be filled.
 
         Called only while segments are queued; returns data released by the gap
-        (completed in :attr:`completed_at`).
+        (its segments in :attr:`bounds`).
         """
         if self.queue and self.next_seq is not None and seq_diff(ack, self.next_seq) > 0:
             return self.skip_gap()
@@ -102,15 +115,14 @@ class Stream:
         self.gaps += 1
         self.gap_bytes += max(missing, 0)
         self.next_seq = first
-        self.completed_at = (0, 0.0)
-        out = self._drain()
+        self.bounds = []
+        out = self._drain([])
         self.gapped = True
         return out
 
     def _enqueue(self, seq: int, data: bytes, when: tuple[int, float]) -> None:
         if self.queue is None:
             self.queue = {}
-        self.arrival[seq] = max(self.arrival.get(seq, when), when)
         held = self.queue.get(seq)
         if held is not None:
             if len(held) >= len(data):
@@ -123,40 +135,41 @@ class Stream:
             data = held + data[len(held):]  # first copy wins for the bytes it covered
             self.queued_bytes -= len(held)
         self.queue[seq] = data
+        self.arrival[seq] = when           # the packet that brought the segment's last byte
         self.queued_bytes += len(data)
 
-    def _drain(self) -> bytes:
-        """Append every queued segment that now touches or overlaps the stream head."""
-        parts = []
+    def _drain(self, parts: list[bytes]) -> bytes:
+        """Append every queued segment that now touches or overlaps the stream head to
+        ``parts`` (and its end to :attr:`bounds`); return them joined."""
         queue = self.queue
+        bounds = self.bounds
+        size = bounds[-1][0] if bounds else 0
         while queue:
-            seg = queue.pop(self.next_seq, None)
+            seq = self.next_seq
+            seg = queue.pop(seq, None)
             if seg is None:
-                seg = self._pop_overlapping()
+                seq, seg = self._pop_overlapping()
                 if seg is None:
                     break
             else:
                 self.queued_bytes -= len(seg)
-                self._arrived(self.next_seq)
+            size += len(seg)
+            bounds.append((size, *self.arrival.pop(seq)))
             parts.append(seg)
             self.next_seq = (self.next_seq + len(seg)) & 0xFFFFFFFF
         return b"".join(parts)
 
-    def _pop_overlapping(self) -> bytes | None:
-        """A queued segment starting before the head: return its new bytes, drop covered ones."""
+    def _pop_overlapping(self) -> tuple[int, bytes | None]:
+        """A queued segment starting before the head: return its seq and new bytes, drop
+        covered ones."""
         for seq in list(self.queue):
             d = seq_diff(seq, self.next_seq)
             if d < 0:
                 seg = self.queue.pop(seq)
                 self.queued_bytes -= len(seg)
-                self._arrived(seq)
                 if -d < len(seg):
                     self.retransmitted_bytes += -d
-                    return seg[-d:]
+                    return seq, seg[-d:]
+                del self.arrival[seq]
                 self.retransmitted_bytes += len(seg)
-        return None
-
-    def _arrived(self, seq: int) -> None:
-        when = self.arrival.pop(seq, None)
-        if when is not None and when > self.completed_at:
-            self.completed_at = when
+        return 0, None

@@ -63,21 +63,32 @@ class Session:
         self.pending: dict = {}
         self.protocols: set[str] = set()
 
-    def feed(self, data: bytes, from_client: bool, gapped: bool) -> list[Event]:
-        """Add contiguous stream bytes of one direction; return the completed messages."""
+    def feed(self, data: bytes, from_client: bool, gapped: bool, packet: int = 0, ts: float = 0.0,
+             bounds: list[tuple[int, int, float]] | None = None) -> list[Event]:
+        """Add contiguous stream bytes of one direction; return the completed messages, each
+        with the packet (number and time) that completed it.
+
+        That is ``packet`` for all of them, or, when ``data`` ends with segments released
+        from the reassembly queue (``bounds``: their end offsets, packets and times, as
+        :attr:`Stream.bounds`), the segment holding the message's last byte. Bytes before
+        the listed segments (held from earlier deliveries) count as the first segment's.
+        """
         i = 1 if from_client else 0
         if gapped:
             self.health.gaps += 1
             self.bufs[i] = b""
             self.syncing[i] = True
         held = self.bufs[i]
-        if not held and not self.syncing[i] and self.decoder.frame(data, 0) == len(data):
-            return self._decode(data, from_client)  # the common case: one whole message
+        if bounds is None and not held and not self.syncing[i] and self.decoder.frame(data, 0) == len(data):
+            return self._decode(data, from_client, packet, ts)  # the common case: one whole message
         buf = held + data if held else data
         events: list[Event] = []
         pos = 0
         end = len(buf)
         frame = self.decoder.frame
+        if bounds is not None:
+            seg = 0                      # the segment holding the last byte of the message
+            base = end - bounds[-1][0]   # bounds are offsets into the tail of buf
         while pos < end:
             if self.syncing[i]:
                 start = self._find_start(buf, pos)
@@ -94,7 +105,12 @@ class Session:
                 self.syncing[i] = False
             n = frame(buf, pos)
             if n > 0:
-                events.extend(self._decode(buf[pos:pos + n] if (pos or n != end) else buf, from_client))
+                if bounds is not None:
+                    while bounds[seg][0] < pos + n - base:
+                        seg += 1
+                    _, packet, ts = bounds[seg]
+                events.extend(self._decode(buf[pos:pos + n] if (pos or n != end) else buf,
+                                           from_client, packet, ts))
                 pos += n
             elif n == NEED_MORE:
                 break
@@ -118,13 +134,15 @@ class Session:
                 return p
         return -1
 
-    def _decode(self, msg: bytes, from_client: bool) -> list[Event]:
+    def _decode(self, msg: bytes, from_client: bool, packet: int, ts: float) -> list[Event]:
         try:
             events = self.decoder.decode(msg, from_client, self.state)
         except Exception:  # a decoder bug must not stop the sensor; it is counted
             self.health.decoder_errors += 1
             return []
         for ev in events:
+            ev.packet = packet
+            ev.ts = ts
             self.health.messages += 1
             self.protocols.add(ev.protocol)
         return events

@@ -188,11 +188,11 @@ class FlowTable:
             if other.queue:
                 data = other.acked(ack)
                 if data:
-                    self._deliver(st, not from_client, data, True, *other.completed_at)
+                    self._deliver(st, not from_client, data, True, pkt_no, ts, other.bounds)
         if payload and (st.session is not None or st.attempts > 0):  # else: nothing to decode
             data = stream.push(seq, payload, pkt_no, ts)
             if data:
-                self._deliver(st, from_client, data, stream.gapped, pkt_no, ts)
+                self._deliver(st, from_client, data, stream.gapped, pkt_no, ts, stream.bounds)
         if flags & (FIN | RST) and not st.closed:
             # ended, but a retransmission may still fill a hole: the queued data is only
             # given up when the flow is retired (linger timeout, reuse, end of input)
@@ -200,7 +200,9 @@ class FlowTable:
             st.closed = st.fins >= 2
 
     def _deliver(self, st: FlowState, from_client: bool, data: bytes, gapped: bool,
-                 pkt_no: int, ts: float) -> None:
+                 pkt_no: int, ts: float, bounds: list[tuple[int, int, float]] | None = None) -> None:
+        """Decode a direction's new bytes: completed by packet ``pkt_no``, or, when released
+        from the reassembly queue, by the segments listed in ``bounds`` (Stream.bounds)."""
         session = st.session
         if session is None:
             data = self._await_detection(st, from_client, data, gapped)
@@ -212,12 +214,12 @@ class FlowTable:
             # (the session resynchronises if they do not start with a message)
             other, st.undetected = st.undetected[not from_client], [b"", b""]
             if other:
-                events = session.feed(other, from_client == st.flip, False)
+                events = session.feed(other, from_client == st.flip, False, pkt_no, ts)
                 if events:
-                    self._emit(st, not from_client, events, pkt_no, ts)
-        events = session.feed(data, from_client != st.flip, gapped)
+                    self._emit(st, not from_client, events)
+        events = session.feed(data, from_client != st.flip, gapped, pkt_no, ts, bounds)
         if events:
-            self._emit(st, from_client, events, pkt_no, ts)
+            self._emit(st, from_client, events)
 
     def _await_detection(self, st: FlowState, from_client: bool, data: bytes, gapped: bool) -> bytes:
         """Collect a direction's first bytes until a decoder recognises them.
@@ -241,7 +243,9 @@ class FlowTable:
             st.undetected = [b"", b""]   # given up: nothing more is held for this connection
         return b""
 
-    def _emit(self, st: FlowState, from_client: bool, events: list[Event], pkt_no: int, ts: float) -> None:
+    def _emit(self, st: FlowState, from_client: bool, events: list[Event]) -> None:
+        """Report decoded events (the session set the packet that completed each) with
+        their connection's context."""
         flow = st.flow
         if from_client:
             src = (flow.client_ip, flow.client_port, flow.client_mac)
@@ -252,8 +256,6 @@ class FlowTable:
         session = st.session
         self.emitting = st.order
         for ev in events:
-            ev.ts = ts
-            ev.packet = pkt_no
             ev.capture = self.capture
             ev.flow_id = flow.flow_id
             ev.src_ip, ev.src_port, ev.src_mac = src
@@ -350,7 +352,8 @@ class FlowTable:
             while stream.queue:
                 data = stream.skip_gap()
                 if data:
-                    self._deliver(st, from_client, data, True, *stream.completed_at)
+                    _, pkt_no, ts = stream.bounds[-1]
+                    self._deliver(st, from_client, data, True, pkt_no, ts, stream.bounds)
         if st.session is not None:
             st.session.finish()
         for key in st.keys:
