@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import dpkt
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -400,6 +404,116 @@ def test_malformed_is_flagged(msg, from_client, flags):
 def test_truncated_pdu_keeps_fields_read_so_far():
     ev = one(adu("0001", "0000", "0007", "01", "10", "0005", "0003", "06"), True)
     assert ev.targets == [Target("holding_register", 5, 3)] and ev.anomalies == [mb.A_TRUNCATED]
+
+
+#: PDUs cut inside their fields, the MBAP length matching the cut (a sender that stopped
+#: short): the fields that survive at each cut, per range of data bytes after the function
+#: code. tshark 4.0.17 on the same ADUs shows the reference number once its two bytes are
+#: there, the count once its two bytes are there, and written values only when the whole
+#: value block is; a cut inside the address shows neither. Every cut but the last is
+#: also `modbus.truncated_pdu`.
+CUTS = [
+    ("fc5-request", True, 5, "00ac" "ff00",          # coil 172, value ON
+     [(range(0, 2), {}, []),
+      (range(2, 4), {"start": 172, "quantity": 1}, [Target("coil", 172, 1)]),
+      (range(4, 5), {"start": 172, "quantity": 1, "values": [1]}, [Target("coil", 172, 1)])]),
+    ("fc6-request", True, 6, "0001" "0003",          # register 1, value 3
+     [(range(0, 2), {}, []),
+      (range(2, 4), {"start": 1, "quantity": 1}, [Target("holding_register", 1, 1)]),
+      (range(4, 5), {"start": 1, "quantity": 1, "values": [3]},
+       [Target("holding_register", 1, 1)])]),
+    ("fc15-request", True, 15, "0013" "000a" "02" "cd01",  # start 19, 10 coils, 2 bytes
+     [(range(0, 2), {}, []),
+      (range(2, 4), {"start": 19}, [Target("coil", 19)]),
+      (range(4, 5), {"start": 19, "quantity": 10}, [Target("coil", 19, 10)]),
+      (range(5, 7), {"start": 19, "quantity": 10, "byte_count": 2}, [Target("coil", 19, 10)]),
+      (range(7, 8), {"start": 19, "quantity": 10, "byte_count": 2,
+                     "values": [1, 0, 1, 1, 0, 0, 1, 1, 1, 0]}, [Target("coil", 19, 10)])]),
+    ("fc16-request", True, 16, "0001" "0002" "04" "000a" "0102",  # start 1, 2 registers
+     [(range(0, 2), {}, []),
+      (range(2, 4), {"start": 1}, [Target("holding_register", 1)]),
+      (range(4, 5), {"start": 1, "quantity": 2}, [Target("holding_register", 1, 2)]),
+      (range(5, 9), {"start": 1, "quantity": 2, "byte_count": 4},
+       [Target("holding_register", 1, 2)]),
+      (range(9, 10), {"start": 1, "quantity": 2, "byte_count": 4, "values": [10, 258]},
+       [Target("holding_register", 1, 2)])]),
+    ("fc3-request", True, 3, "006b" "0003",          # start 107, 3 registers
+     [(range(0, 2), {}, []),
+      (range(2, 4), {"start": 107}, [Target("holding_register", 107)]),
+      (range(4, 5), {"start": 107, "quantity": 3}, [Target("holding_register", 107, 3)])]),
+    ("fc22-request", True, 22, "0004" "00f2" "0025",  # register 4, AND 0x00F2, OR 0x0025
+     [(range(0, 2), {}, []),
+      (range(2, 6), {"start": 4}, [Target("holding_register", 4, 1)]),
+      (range(6, 7), {"start": 4, "and_mask": 0xF2, "or_mask": 0x25},
+       [Target("holding_register", 4, 1)])]),
+    ("fc16-response", False, 16, "0001" "0002",      # echo: start 1, 2 registers
+     [(range(0, 2), {}, []),
+      (range(2, 4), {"start": 1}, []),
+      (range(4, 5), {"start": 1, "quantity": 2}, [])]),
+]
+_HEADER_KEYS = {"transaction_id", "unit_id", "category"}
+
+
+def cut_adu(fc: int, data: bytes, cut: int) -> bytes:
+    """tid 1, proto 0, length = unit id + FC + the ``cut`` data bytes kept, unit 1."""
+    return adu("0001", "0000", "%04x" % (2 + cut), "01", "%02x" % fc) + data[:cut]
+
+
+@pytest.mark.parametrize("name,from_client,fc,data,expected", CUTS, ids=[c[0] for c in CUTS])
+def test_cut_pdu_keeps_exactly_the_fields_whose_bytes_arrived(name, from_client, fc, data,
+                                                              expected):
+    data = bytes.fromhex(data)
+    assert sorted(c for cuts, _, _ in expected for c in cuts) == list(range(len(data) + 1))
+    for cuts, fields, targets in expected:
+        for cut in cuts:
+            msg = cut_adu(fc, data, cut)
+            assert mb.frame(msg, 0) == len(msg)
+            ev = one(msg, from_client)
+            assert ev.function_code == fc
+            assert {k: v for k, v in ev.detail.items() if k not in _HEADER_KEYS} == fields, cut
+            assert ev.targets == targets, cut
+            assert ev.anomalies == ([] if cut == len(data) else [mb.A_TRUNCATED]), cut
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_cut_pdus_show_the_reference_and_counts_tshark_shows(tmp_path):
+    """The CUTS table's ADUs, one per TCP segment, through tshark: its reference number,
+    word count and bit count per packet equal otsec's start and quantity."""
+    path = tmp_path / "cuts.pcap"
+    seq = {True: 1000, False: 5000}
+    adus = [(from_client, cut_adu(fc, bytes.fromhex(data), cut))
+            for _, from_client, fc, data, _ in CUTS
+            for cut in range(len(data) // 2 + 1)]          # data is hex: 2 digits a byte
+    with path.open("wb") as f:
+        writer = dpkt.pcap.Writer(f)
+        for n, (from_client, msg) in enumerate(adus):
+            ports = (40000, 502) if from_client else (502, 40000)
+            hosts = (b"\x0a\0\0\x01", b"\x0a\0\0\x02")[::1 if from_client else -1]
+            tcp = dpkt.tcp.TCP(sport=ports[0], dport=ports[1], seq=seq[from_client],
+                               flags=dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH, data=msg)
+            seq[from_client] += len(msg)
+            ip = dpkt.ip.IP(src=hosts[0], dst=hosts[1], p=dpkt.ip.IP_PROTO_TCP, data=tcp)
+            ip.len = len(bytes(ip))
+            writer.writepkt(dpkt.ethernet.Ethernet(type=dpkt.ethernet.ETH_TYPE_IP, data=ip), ts=n)
+    out = subprocess.run(["tshark", "-n", "-r", str(path), "-T", "fields",
+                          "-e", "modbus.reference_num", "-e", "modbus.word_cnt",
+                          "-e", "modbus.bit_cnt"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert len(out) == len(adus)
+    for line, (from_client, msg) in zip(out, adus):
+        ev = one(msg, from_client)
+        fc, d = ev.function_code, ev.detail
+        ours = (d.get("start"), d.get("quantity") if fc in (3, 4, 16) else None,
+                d.get("quantity") if fc in (1, 2, 15) else None)
+        theirs = tuple(int(v) if v else None for v in line.split("\t"))
+        assert ours == theirs, msg.hex()
+
+
+def test_cut_read_request_still_gives_its_response_the_start():
+    state = mb.new_state()
+    one(adu("0003", "0000", "0004", "11", "03", "006b"), True, state)  # start 107, no quantity
+    rsp = one(adu("0003", "0000", "0009", "11", "03", "06", "022b", "0000", "0064"), False, state)
+    assert rsp.detail["request_start"] == 107
 
 
 def test_oversized_umas_adu_is_framed_and_flagged():

@@ -15,8 +15,11 @@ from typer.testing import CliRunner
 
 from otsec.cli.report import report
 from otsec.detect.baseline import Learner
+from otsec.detect.checker import Checker
 from otsec.engine import analyze
+from otsec.model import Flow
 from otsec.policy.loader import load_policy
+from otsec.report.compliance import Evidence, build
 from otsec.report.schema import SCHEMA
 from otsec.store import detect_store
 from otsec.store.db import open_db
@@ -239,3 +242,76 @@ def test_user_errors_exit_2_with_one_line(tmp_path, args, message):
 def test_missing_policy_exit_2(tmp_path):
     r = invoke("report", "--policy", tmp_path / "nope.yaml", "--db", tmp_path / "x.db", "-o", tmp_path / "o.html")
     assert r.exit_code == 2 and r.stderr.strip() == f"{tmp_path}/nope.yaml: policy file not found"
+
+
+# --- P2.2: the direction of an external connection, with and without its handshake -------
+
+PLC, EXTERNAL = "10.50.0.20", "203.0.113.5"   # plc-modbus (field, level 1); outside every zone
+P2_2_FAILED = "1 connection(s) between OT/DMZ hosts and addresses outside every zone"
+
+
+def flow(n: int, client: str, client_port: int, server: str, server_port: int,
+         initiator_known: bool) -> Flow:
+    """A TCP flow as the flow table reports it; without the handshake the client is the
+    side that does not hold the service port (a guess the report must not present as fact)."""
+    return Flow(f"f{n}", "tcp", client, client_port, server, server_port,
+                initiator_known=initiator_known, first_ts=1000.0 + n, last_ts=1001.0 + n,
+                first_packet=n, last_packet=n, packets_c2s=3, packets_s2c=3)
+
+
+def p2_2(*flows: Flow) -> tuple[str, dict]:
+    """Principle 2's status and its P2.2 check, the flows run through the report's evidence
+    aggregator and the checker as `otsec report` replays them."""
+    policy = load_policy(POLICY)
+    evidence, checker = Evidence(policy), Checker(policy)
+    for f in flows:
+        evidence.on_flow(f)
+        checker.on_flow(f)
+    rep = build(policy, evidence, [f.to_dict() for f in checker.finish()], None, captures=[],
+                policy_path=str(POLICY), generated_at="2026-11-23T00:00:00+00:00")
+    return principle(rep, 2)["status"], check(rep, "P2.2")
+
+
+@pytest.mark.parametrize("client,client_port,server,server_port,item", [
+    (PLC, 49152, EXTERNAL, 443,
+     "direction unknown (handshake not seen): OTSEC-EXTERNAL-001 (high): plc-modbus in OT zone "
+     "field exchanged traffic (handshake not seen, opener unknown) with 203.0.113.5 (https/443), "
+     "outside every declared zone [1x]"),
+    (EXTERNAL, 50000, PLC, 502,   # the external side only guessed to be the opener
+     "direction unknown (handshake not seen): OTSEC-EXTERNAL-001 (high): plc-modbus in OT zone "
+     "field exchanged traffic (handshake not seen, opener unknown) with 203.0.113.5 (modbus/502), "
+     "outside every declared zone [1x]"),
+], ids=["ot-holds-client-port", "external-holds-client-port"])
+def test_p2_2_without_handshake_says_direction_unknown(client, client_port, server, server_port, item):
+    status, chk = p2_2(flow(1, client, client_port, server, server_port, initiator_known=False))
+    assert (chk["result"], chk["summary"], chk["items"]) == ("fail", P2_2_FAILED, [item])
+    assert chk["critical"] and status == "not_met"
+
+
+@pytest.mark.parametrize("client,client_port,server,server_port,item", [
+    (PLC, 49152, EXTERNAL, 443,
+     "outbound from OT: OTSEC-EXTERNAL-001 (high): plc-modbus in OT zone field opened a "
+     "connection to 203.0.113.5 (https/443), outside every declared zone [1x]"),
+    (EXTERNAL, 50000, PLC, 502,
+     "inbound: OT host reachable from outside: OTSEC-EXTERNAL-001 (high): plc-modbus in OT zone "
+     "field accepted a connection from 203.0.113.5 (modbus/502), outside every declared zone [1x]"),
+], ids=["outbound", "inbound"])
+def test_p2_2_with_handshake_names_the_direction(client, client_port, server, server_port, item):
+    status, chk = p2_2(flow(1, client, client_port, server, server_port, initiator_known=True))
+    assert (chk["result"], chk["summary"], chk["items"]) == ("fail", P2_2_FAILED, [item])
+    assert status == "not_met"
+
+
+def test_p2_2_one_seen_handshake_decides_the_direction_of_the_finding():
+    # Two connections folded into one finding; the second one's handshake proves who opened.
+    _, chk = p2_2(flow(1, PLC, 49152, EXTERNAL, 443, initiator_known=False),
+                  flow(2, PLC, 49153, EXTERNAL, 443, initiator_known=True))
+    assert chk["result"] == "fail" and len(chk["items"]) == 1
+    assert chk["items"][0].startswith("outbound from OT: OTSEC-EXTERNAL-001 (high): ")
+    assert chk["items"][0].endswith("[2x]")
+
+
+def test_p2_2_passes_without_external_traffic():
+    _, chk = p2_2(flow(1, "10.40.0.10", 49152, PLC, 502, initiator_known=False))  # hmi-1 -> plc
+    assert (chk["result"], chk["summary"], chk["items"]) == (
+        "pass", "no connection between an OT/DMZ host and an address outside every zone", [])

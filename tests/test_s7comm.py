@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -192,6 +195,59 @@ def test_header_error_status_uses_wireshark_names():
     assert ev.result == "error"
     assert ev.status == ("Application relationship (0x81): This service is not implemented on "
                          "the module or a frame error was reported (0x8104)")
+
+
+@pytest.mark.parametrize("errcls,errcod,status", [
+    (0x82, 0x05, "Object definition (0x82): A copied block already exists and is not linked "
+                 "(0x8205)"),
+    (0x83, 0x04, "No resources available (0x83): No further parallel upload possible. There "
+                 "is a resource bottleneck (0x8304)"),
+    (0x84, 0x05, "Error on service processing (0x84): Remote block is in DISABLE state (CFB). "
+                 "The function cannot be performed (0x8405)"),
+    (0x85, 0x03, "Error on supplies (0x85): Alarm from the module: Service canceled prematurely "
+                 "(0x8503)"),
+    (0x87, 0x02, "Access error (0x87): The requested service is not supported by the module "
+                 "(0x8702)"),
+    # classes Wireshark's header field does not name still have named combined codes
+    (0x01, 0x20, "Unknown error class (0x01): End of block list (0x0120)"),
+    (0xD0, 0xC2, "Unknown error class (0xd0): Change to STOP/HOLD mode (0xd0c2)"),
+    (0xD2, 0x16, "Unknown error class (0xd2): Invalid user program - reset module (0xd216)"),
+    (0xEF, 0x02, "Unknown error class (0xef): S7 protocol error: Error at ID2; set of resources "
+                 "does not exist (0xef02)"),
+    # a code Wireshark does not name keeps its number
+    (0x81, 0x99, "Application relationship (0x81): Unknown error code (0x8199)"),
+], ids=lambda v: "%02x" % v if isinstance(v, int) else None)
+def test_header_error_codes_across_classes_are_named_like_wireshark(errcls, errcod, status):
+    # Ack: 32 | ROSCTR 2 | redundancy 0000 | pduref 0600 | param len 0 | data len 0 | class | code
+    ev = one(tpkt(bytes.fromhex("32020000060000000000") + bytes([errcls, errcod])), False)
+    assert (ev.result, ev.status) == ("error", status)
+    assert (ev.detail["error_class"], ev.detail["error_code"]) == (errcls, errcod)
+
+
+def test_userdata_parameter_error_code_is_named_like_wireshark():
+    # Userdata response to the PLC password request: header 32 07 0000 0600, param len 12,
+    # data len 4 | param 000112 len 8, method 0x12 (response), type 8 group 5, subfunction 1,
+    # seq 0, data unit ref 0, last unit 0, error 0xD603 | data rc 0x0a, size 0, length 0
+    ev = one(tpkt(bytes.fromhex("32070000060000" "0c0004" "0001120812850100" "0000" "d603"
+                                "0a000000")), False)
+    assert (ev.function, ev.result) == ("PLC password", "error")
+    assert ev.status == ("Unknown error class (0xd6): The connection has already been "
+                         "legitimized (0xd603)")
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+def test_error_tables_are_wiresharks():
+    """Every name the tshark build of the corpus truth gives these fields, and no other."""
+    out = subprocess.run(["tshark", "-G", "values"], capture_output=True, text=True,
+                         check=True).stdout
+
+    def names(field: str) -> dict[int, str]:   # value-string rows: V <field> <value> <name>
+        rows = (line.split("\t") for line in out.splitlines() if f"\t{field}\t" in line)
+        return {int(r[2], 0): r[3] for r in rows if r[0] == "V"}
+
+    codes = names("s7comm.param.errcod")
+    assert len(codes) > 200 and s7comm.ERROR_CODE_NAMES == codes
+    assert s7comm.ERROR_CLASS_NAMES == names("s7comm.header.errcls")
 
 
 def test_cotp_reassembly_of_split_tsdu():

@@ -263,17 +263,32 @@ def _need(data: bytes, size: int) -> None:
         raise IndexError(size)
 
 
+def _start(ev: Event, data: bytes, kind: str, count: int | None = None) -> Target:
+    """The leading start address, kept (with a request's target) before any later field
+    is read: a PDU cut after it still names what it addresses, as Wireshark still shows
+    its reference number. A cut inside the address raises before anything is kept."""
+    start = _U16.unpack_from(data)[0]
+    ev.detail["start"] = start
+    target = Target(kind, start, count)
+    if ev.kind == "request":
+        ev.targets.append(target)
+    return target
+
+
+def _quantity(ev: Event, data: bytes, target: Target) -> int:
+    """The quantity after the start address, completing the target :func:`_start` made."""
+    qty = _U16.unpack_from(data, 2)[0]
+    ev.detail["quantity"] = target.count = qty
+    return qty
+
+
 # --- requests -----------------------------------------------------------------------
 
 def _req_read(kind: str, limit: int):
     def parse(ev: Event, data: bytes, ctx: dict) -> None:
-        start, qty = _U16X2.unpack_from(data)
-        detail = ev.detail
-        detail["start"] = start
-        detail["quantity"] = qty
-        ev.targets.append(Target(kind, start, qty))
-        ctx["start"] = start
-        if not 1 <= qty <= limit:
+        target = _start(ev, data, kind)
+        ctx["start"] = target.start
+        if not 1 <= _quantity(ev, data, target) <= limit:
             ev.anomalies.append(A_INVALID_LENGTH)
         if len(data) > 4:
             _exact(ev, data, 4)
@@ -285,7 +300,9 @@ def _write_single(kind: str):
     coil = kind == "coil"
 
     def parse(ev: Event, data: bytes, ctx: dict) -> None:
-        addr, value = _U16X2.unpack_from(data)
+        _start(ev, data, kind, 1)
+        ev.detail["quantity"] = 1
+        value = _U16.unpack_from(data, 2)[0]
         if coil:
             if value == COIL_ON:
                 value = 1
@@ -293,12 +310,7 @@ def _write_single(kind: str):
                 value = 0
             else:
                 ev.anomalies.append(A_INVALID_VALUE)
-        detail = ev.detail
-        detail["start"] = addr
-        detail["quantity"] = 1
-        detail["values"] = [value]
-        if ev.kind == "request":
-            ev.targets.append(Target(kind, addr, 1))
+        ev.detail["values"] = [value]
         if len(data) > 4:
             _exact(ev, data, 4)
     return parse
@@ -317,22 +329,14 @@ def _written_values(ev: Event, data: bytes, at: int, expected: int, unpack) -> N
 
 
 def _req_write_coils(ev: Event, data: bytes, ctx: dict) -> None:
-    start, qty = _U16X2.unpack_from(data)
-    ev.targets.append(Target("coil", start, qty))
-    detail = ev.detail
-    detail["start"] = start
-    detail["quantity"] = qty
+    qty = _quantity(ev, data, _start(ev, data, "coil"))
     if not 1 <= qty <= MAX_WRITE_COILS:
         ev.anomalies.append(A_INVALID_LENGTH)
     _written_values(ev, data, 4, (qty + 7) // 8, lambda raw: _bits(raw, qty))
 
 
 def _req_write_registers(ev: Event, data: bytes, ctx: dict) -> None:
-    start, qty = _U16X2.unpack_from(data)
-    ev.targets.append(Target("holding_register", start, qty))
-    detail = ev.detail
-    detail["start"] = start
-    detail["quantity"] = qty
+    qty = _quantity(ev, data, _start(ev, data, "holding_register"))
     if not 1 <= qty <= MAX_WRITE_REGISTERS:
         ev.anomalies.append(A_INVALID_LENGTH)
     _written_values(ev, data, 4, 2 * qty, _words)
@@ -402,14 +406,9 @@ def _write_file(ev: Event, data: bytes, ctx: dict) -> None:
 
 
 def _mask_write(ev: Event, data: bytes, ctx: dict) -> None:
-    """FC 22 request and echo. The address is taken first, so a request cut short
-    still names the register it writes."""
-    addr = _U16.unpack_from(data)[0]
-    detail = ev.detail
-    detail["start"] = addr
-    if ev.kind == "request":
-        ev.targets.append(Target("holding_register", addr, 1))
-    detail["and_mask"], detail["or_mask"] = _U16X2.unpack_from(data, 2)
+    """FC 22 request and echo: register address, AND mask, OR mask."""
+    _start(ev, data, "holding_register", 1)
+    ev.detail["and_mask"], ev.detail["or_mask"] = _U16X2.unpack_from(data, 2)
     _exact(ev, data, 6)
 
 
@@ -500,13 +499,13 @@ def _resp_registers(ev: Event, data: bytes, ctx: dict) -> None:
         _exact(ev, data, 1 + count)
 
 
-def _resp_write_multiple(ev: Event, data: bytes, ctx: dict) -> None:
-    start, qty = _U16X2.unpack_from(data)
-    detail = ev.detail
-    detail["start"] = start
-    detail["quantity"] = qty
-    if len(data) > 4:
-        _exact(ev, data, 4)
+def _resp_write_multiple(kind: str):
+    """FC 15/16 response: the start and quantity the request wrote, echoed."""
+    def parse(ev: Event, data: bytes, ctx: dict) -> None:
+        _quantity(ev, data, _start(ev, data, kind))
+        if len(data) > 4:
+            _exact(ev, data, 4)
+    return parse
 
 
 def _resp_exception_status(ev: Event, data: bytes, ctx: dict) -> None:
@@ -625,8 +624,8 @@ RESPONSE_PARSERS = {
     1: _resp_bits, 2: _resp_bits, 3: _resp_registers, 4: _resp_registers,
     5: _write_single("coil"), 6: _write_single("holding_register"),
     7: _resp_exception_status, 8: _diagnostics,
-    11: _resp_event_counter, 12: _resp_event_log, 15: _resp_write_multiple,
-    16: _resp_write_multiple, 17: _resp_server_id, 20: _resp_read_file, 21: _write_file,
+    11: _resp_event_counter, 12: _resp_event_log, 15: _resp_write_multiple("coil"),
+    16: _resp_write_multiple("holding_register"), 17: _resp_server_id, 20: _resp_read_file, 21: _write_file,
     22: _mask_write, 23: _resp_registers, 24: _resp_fifo, 43: _resp_mei, 90: _umas_response,
 }
 
