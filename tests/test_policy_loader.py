@@ -181,6 +181,26 @@ def test_yaml_syntax_error_has_its_line():
     assert len(errs) == 1 and errs[0].startswith("p.yaml:4: YAML syntax error")
 
 
+def test_unclosed_bracket_names_the_line_it_was_opened_on():
+    """PyYAML notices an unclosed '[' only where the next key starts; the line to fix is
+    where it was opened."""
+    errs = errors_of(BASE.replace("cidrs: [10.40.0.0/24]", "cidrs: [10.40.0.0/24", 1))
+    assert errs == ["p.yaml:6: YAML syntax error: expected ',' or ']', but got ':' "
+                    "(while parsing a flow sequence started on line 5)"]
+
+
+def test_unknown_conduit_zone_is_one_error_not_one_per_asset():
+    text = BASE.replace("zones: [control, field]", "zones: [control, feild]")
+    errs = errors_of(text.replace("destinations: [plc]", "destinations: [plc-1]"))
+    assert errs == ["p.yaml:15: conduit 'hmi-to-field': unknown zone 'feild' (did you mean 'field'?)"]
+
+
+def test_misspelt_write_operation_is_one_error():
+    errs = errors_of(BASE.replace("operations: [read, write]", "operations: [read, wrte]"))
+    assert errs == ["p.yaml:20: conduit 'hmi-to-field' allow rule: unknown operation class 'wrte' "
+                    "(did you mean 'write'?)"]
+
+
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
 def test_empty_policy(text):
     assert errors_of(text) == ["p.yaml:1: policy is empty (expected a mapping with 'zones', 'assets', 'conduits', 'rules')"]

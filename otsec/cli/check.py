@@ -23,7 +23,8 @@ from otsec.detect.checker import Checker
 from otsec.detect.findings import Finding
 from otsec.detect.rules import SEVERITIES, severity_rank
 from otsec.engine import EngineConfig
-from otsec.cli.common import err, fail, load_policy_or_exit, report_damage, run_engine, write_output
+from otsec.cli.common import (check_inputs, check_output, err, fail, load_policy_or_exit, open_database,
+                              report_damage, run_engine, write_output)
 from otsec.model import Event, Flow
 from otsec.policy.draft import Drafter
 from otsec.policy.loader import PolicyError, parse_policy
@@ -45,15 +46,6 @@ def _store():
     return detect_store
 
 
-def _db(path: Path):
-    from otsec.store.db import StoreError, open_db
-
-    try:
-        return open_db(path)
-    except StoreError as exc:
-        raise fail(str(exc)) from None
-
-
 def _baseline_db(path: Path) -> Baseline:
     """The baseline stored in ``path``; a database without one is an error, not an empty baseline."""
     baseline = _store().load_baseline(_existing_db(path))
@@ -67,7 +59,7 @@ def _existing_db(path: Path):
         raise fail(f"{path}: no such database")
     if not _store().is_sqlite(path):
         raise fail(f"{path}: not an otsec database")
-    return _db(path)
+    return open_database(path)
 
 
 def _run(paths: list[Path], on_event: Callable[[Event], None], on_flow: Callable[[Flow], None],
@@ -87,12 +79,14 @@ def policy_validate(file: Path = typer.Argument(..., metavar="POLICY", help="Pol
 
 @policy_app.command("init")
 def policy_init(
-    captures: List[Path] = typer.Option(..., "--from", help="Capture(s) to draft the policy from (repeatable)."),
+    captures: List[Path] = typer.Option(..., "--from", metavar="CAPTURE", help="Capture(s) to draft the policy from (repeatable)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the draft here (default: stdout)."),
 ) -> None:
     """Draft a policy from observed subnets, hosts and cross-zone communications."""
+    check_inputs(captures)
+    check_output(output)
     drafter = Drafter()
-    _run(captures, drafter.on_event, drafter.on_flow)
+    damaged = _run(captures, drafter.on_event, drafter.on_flow)
     text = drafter.draft([str(c) for c in captures])
     try:
         parse_policy(text, str(output or "<draft>"))
@@ -100,6 +94,8 @@ def policy_init(
         raise fail("the drafted policy does not validate: " + "; ".join(exc.errors)) from None
     if write_output(output, text):
         err.print(f"wrote draft policy {output}; review it, then: otsec policy validate {output}", markup=False)
+    if damaged:
+        raise typer.Exit(1)
 
 
 # --- otsec baseline ----------------------------------------------------------------------
@@ -121,12 +117,11 @@ def baseline_learn(
     from otsec.store.db import file_sha256
 
     policy = load_policy_or_exit(policy_file)
-    db = _db(db_path)
+    check_inputs(captures)
+    db = open_database(db_path)
     done = _store().learned_captures(db)
     todo: dict[str, Path] = {}
     for p in captures:
-        if not p.is_file():
-            raise fail(f"{p}: no such capture file")
         sha = file_sha256(p)
         if sha in done or sha in todo:
             err.print(f"{p}: already learned, skipped", markup=False)
@@ -207,6 +202,7 @@ def _side(paths: list[Path], policy_file: Path | None, label: str) -> tuple[Base
         return _baseline_db(paths[0]), False
     if any(_store().is_sqlite(p) for p in paths):
         raise fail(f"{label}: give one baseline database or only captures, not both")
+    check_inputs(paths)
     if policy_file is None:
         raise fail(f"{label}: comparing captures needs --policy (for the zones)")
     return _learn(paths, load_policy_or_exit(policy_file))
@@ -214,8 +210,8 @@ def _side(paths: list[Path], policy_file: Path | None, label: str) -> tuple[Base
 
 @baseline_app.command("diff")
 def baseline_diff_cmd(
-    old: List[Path] = typer.Option(..., "--old", help="Baseline database, or capture(s) (repeatable)."),
-    new: List[Path] = typer.Option(..., "--new", help="Baseline database, or capture(s) (repeatable)."),
+    old: List[Path] = typer.Option(..., "--old", metavar="DB|CAPTURE", help="Baseline database, or capture(s) (repeatable)."),
+    new: List[Path] = typer.Option(..., "--new", metavar="DB|CAPTURE", help="Baseline database, or capture(s) (repeatable)."),
     policy_file: Optional[Path] = typer.Option(None, "--policy", "-p", help="Policy, needed for captures."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines instead of tables."),
 ) -> None:
@@ -281,10 +277,10 @@ def check(
         None, "--baseline", help="Baseline database (enables new-communication findings)."),
     db_path: Optional[Path] = typer.Option(None, "--db", help="Store the run and its findings here."),
     json_file: Optional[str] = typer.Option(
-        None, "--json", help="Write findings as JSON lines to FILE ('-' for stdout)."),
+        None, "--json", metavar="FILE", help="Write findings as JSON lines to FILE ('-' for stdout)."),
     fail_on: Optional[str] = typer.Option(
-        None, "--fail-on", help="Exit 1 when a finding this severe or worse exists: " + ", ".join(SEVERITIES)),
-    max_flows: int = typer.Option(EngineConfig.max_flows, "--max-flows", min=100,
+        None, "--fail-on", metavar="SEVERITY", help="Exit 1 when a finding this severe or worse exists: " + ", ".join(SEVERITIES)),
+    max_flows: int = typer.Option(EngineConfig.max_flows, "--max-flows", min=100, metavar="N",
                                   help="Connections tracked at once (memory bound)."),
 ) -> None:
     """Check captures against the policy (and baseline); report aggregated findings."""
@@ -292,14 +288,15 @@ def check(
     if fail_on is not None and fail_on not in SEVERITIES:
         raise fail(f"--fail-on {fail_on!r}: expected one of {', '.join(SEVERITIES)}")
     policy = load_policy_or_exit(policy_file)
+    check_inputs(captures)
+    json_path = Path(json_file) if json_file is not None else None
+    check_output(json_path)
     baseline = _baseline_db(baseline_db) if baseline_db else None
-    db = _db(db_path) if db_path else None
+    db = open_database(db_path) if db_path else None
     checker = Checker(policy, baseline)
     damaged = _run(captures, checker.on_event, checker.on_flow, max_flows)
     findings = checker.finish()
     active = [f for f in findings if f.suppressed is None]
-    if json_file is not None:
-        write_output(Path(json_file), "".join(json.dumps(f.to_dict()) + "\n" for f in findings))
     if db is not None:
         _store().save_findings(db, findings, str(policy_file), str(baseline_db) if baseline_db else None,
                                    [str(c) for c in captures])
@@ -315,6 +312,8 @@ def check(
         console.print(f"warning: {checker.agg.dropped} occurrences not aggregated (finding cap reached), "
                       f"{checker.sweep_pairs_dropped} client/server pairs not tracked for sweeps",
                       markup=False)
+    if json_path is not None:  # after the terminal output: a full disk must not hide the findings
+        write_output(json_path, "".join(json.dumps(f.to_dict()) + "\n" for f in findings))
     if damaged or (fail_on is not None and
                    any(severity_rank(f.severity) >= severity_rank(fail_on) for f in active)):
         raise typer.Exit(1)

@@ -6,6 +6,7 @@ never a traceback; a damaged capture is a warning after the partial results.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from otsec.capture import CaptureError
+from otsec.capture import CaptureError, CaptureReader
 from otsec.engine import EngineConfig, analyze, reduce
 from otsec.model import Event, Flow
 
@@ -58,12 +59,46 @@ def write_output(output: Path | None, text: str) -> bool:
     return True
 
 
+def check_output(output: Path | None) -> None:
+    """Refuse an output file that cannot be created before any work is done, so that a
+    long run does not end in 'cannot write' with its results lost."""
+    if output is None or str(output) == "-":
+        return
+    if output.is_dir():
+        raise fail(f"{output}: cannot write: is a directory")
+    parent = output.parent
+    if not parent.is_dir():
+        raise fail(f"{output}: cannot write: no such directory {parent}")
+    if not os.access(output if output.exists() else parent, os.W_OK):
+        raise fail(f"{output}: cannot write: permission denied")
+
+
+def open_database(path: Path):
+    """The otsec database at ``path`` (created if needed), or one line and exit 2."""
+    from otsec.store.db import StoreError, open_db
+
+    if path.is_dir():
+        raise fail(f"{path}: is a directory, not a database")
+    if not path.parent.is_dir():
+        raise fail(f"{path}: cannot create the database: no such directory {path.parent}")
+    try:
+        return open_db(path)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+
+
 def check_inputs(paths: list[Path]) -> None:
+    """Every capture exists and opens as pcap/pcapng: checked before a database or an
+    output is touched, so that a bad last file does not waste the run of the others."""
     for path in paths:
         if not path.exists():
             raise fail(f"{path}: no such capture file")
         if path.is_dir():
             raise fail(f"{path}: is a directory (give the capture files)")
+        try:
+            CaptureReader(path).close()
+        except CaptureError as exc:
+            raise fail(str(exc)) from None
 
 
 def parse_ports(values: list[str] | None) -> dict[str, tuple[int, ...]]:

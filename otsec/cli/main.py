@@ -22,7 +22,8 @@ from otsec.analysis.inventory import Summary
 from otsec.cli.check import baseline_app, check, policy_app
 from otsec.cli.report import report
 from otsec.cli.sensor import sensor
-from otsec.cli.common import check_inputs, err, fail, parse_ports, report_damage, run_engine
+from otsec.cli.common import (check_inputs, check_output, err, fail, open_database, parse_ports, report_damage,
+                              run_engine)
 from otsec.engine import EngineConfig
 from otsec.report.console import render_summary
 
@@ -32,10 +33,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 
 def open_capture_set(db: Path, captures: list[Path]):
     """Storage for this run's captures (imported here: SQLite is only needed with --db)."""
-    from otsec.store.db import CaptureSet, StoreError, open_db
+    from otsec.store.db import CaptureSet, StoreError
 
     try:
-        return CaptureSet(open_db(db), captures)
+        return CaptureSet(open_database(db), captures)
     except StoreError as exc:
         raise fail(str(exc)) from None
 
@@ -43,13 +44,13 @@ def open_capture_set(db: Path, captures: list[Path]):
 @app.command()
 def analyze(
     captures: List[Path] = typer.Argument(..., metavar="CAPTURE...", help="pcap or pcapng files, analysed as one stream in the order given"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write every decoded message as JSON lines to this file ('-' for stdout)"),
-    db: Optional[Path] = typer.Option(None, "--db", help="store messages and flows in this SQLite database"),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="write every decoded message as JSON lines to this file ('-' for stdout)"),
+    db: Optional[Path] = typer.Option(None, "--db", metavar="FILE", help="store messages and flows in this SQLite database"),
     output_format: str = typer.Option("table", "--format", metavar="table|json", help="summary format"),
     port: Optional[List[str]] = typer.Option(None, "--port", metavar="NAME=PORT[,PORT]", help="extra server ports for a decoder, e.g. modbus=5020 (repeatable)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on large files"),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="processes to use: connections are split between them; the output is the same as with one while the flow table does not overflow"),
-    max_flows: int = typer.Option(EngineConfig.max_flows, "--max-flows", min=100, help="connections tracked at once (memory bound; beyond it the least recently active are retired)"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, metavar="N", help="processes to use: connections are split between them; the output is the same as with one while the flow table does not overflow"),
+    max_flows: int = typer.Option(EngineConfig.max_flows, "--max-flows", min=100, metavar="N", help="connections tracked at once (memory bound; beyond it the least recently active are retired)"),
 ) -> None:
     """Decode Modbus/TCP, S7comm/S7comm-plus and OPC UA in captures and summarise what talks to what."""
     if output_format not in ("table", "json"):
@@ -58,19 +59,23 @@ def analyze(
     if json_out is not None and str(json_out) == "-" and output_format == "json":
         raise fail("--json - and --format json would both write to stdout: send one of them to a file")
     config = EngineConfig(ports=parse_ports(port), max_flows=max_flows)
+    check_output(json_out)
     summary = Summary()
     out = None
     if json_out is not None:
         try:
             out = sys.stdout if str(json_out) == "-" else open(json_out, "w", encoding="utf-8")
         except OSError as exc:
-            raise fail(f"{json_out}: cannot write: {exc.strerror}") from None
+            raise fail(f"{json_out}: cannot write: {exc.strerror or exc}") from None
     stored = open_capture_set(db, captures) if db is not None else None
 
     def on_event(ev) -> None:
         summary.add_event(ev)
         if out is not None:
-            out.write(json.dumps(ev.to_dict(), separators=(",", ":"), default=str) + "\n")
+            try:
+                out.write(json.dumps(ev.to_dict(), separators=(",", ":"), default=str) + "\n")
+            except OSError as exc:  # a full disk: stop, the JSON lines would be incomplete
+                raise fail(f"{json_out}: cannot write: {exc.strerror or exc}") from None
         if stored is not None:
             stored.add_event(ev)
 
@@ -87,14 +92,18 @@ def analyze(
     if stored is not None:
         stored.finish(stats, datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if out is not None and out is not sys.stdout:
-        out.close()
+        try:
+            out.close()
+        except OSError as exc:  # the last buffered lines could not be written
+            raise fail(f"{json_out}: cannot write: {exc.strerror or exc}") from None
     document = summary.report(stats, [str(p) for p in captures])
     if output_format == "json":
         print(json.dumps(document, indent=2, default=str))
     else:
-        out_console = Console(highlight=False)
+        to_stderr = json_out is not None and str(json_out) == "-"  # stdout carries the JSON lines
+        out_console = Console(highlight=False, stderr=to_stderr)
         if not out_console.is_terminal:
-            out_console = Console(highlight=False, width=160)
+            out_console = Console(highlight=False, stderr=to_stderr, width=160)
         render_summary(document, out_console)
     if report_damage(stats):
         raise typer.Exit(1)
@@ -119,10 +128,50 @@ app.command("report")(report)
 app.command("sensor")(sensor)
 
 
+def _command_path(argv: list[str]) -> str:
+    """The command a usage error belongs to when click does not say (a missing option value)."""
+    command, path = typer.main.get_command(app), ["otsec"]
+    for word in argv:
+        command = getattr(command, "commands", {}).get(word)
+        if command is None:
+            break
+        path.append(word)
+    return " ".join(path)
+
+
+class _Stdout:
+    """stdout whose reader going away (``otsec ... | head``) ends the command quietly with
+    exit code 141, as a C tool killed by SIGPIPE would, instead of an error about the pipe."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise self._reader_gone() from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise self._reader_gone() from None
+
+    def _reader_gone(self) -> typer.Exit:
+        # what is still buffered goes to /dev/null, so the interpreter's last flush is silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        return typer.Exit(141)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def run() -> None:
     """The ``otsec`` entry point: usage errors and crashes also end in one line and a code."""
+    sys.stdout = _Stdout(sys.stdout)
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="otsec")
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -131,8 +180,10 @@ def run() -> None:
     except typer.TyperException as exc:  # usage errors (typer's click): one line, not a panel
         ctx = getattr(exc, "ctx", None)
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        if message:  # an empty one means the help was shown (no arguments)
-            where = ctx.command_path if ctx is not None else "otsec"
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `otsec`, `otsec policy`: the help, as help
+            err.print(message, markup=False)
+        elif message:
+            where = ctx.command_path if ctx is not None else _command_path(sys.argv[1:])
             fail(f"{message} (see '{where} --help')")
         sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:

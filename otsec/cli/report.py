@@ -17,8 +17,8 @@ from typing import List, Optional
 
 import typer
 
-from otsec.cli.common import (check_inputs, err, fail, load_policy_or_exit, report_damage, run_engine,
-                               warn, write_output)
+from otsec.cli.common import (check_inputs, check_output, err, fail, load_policy_or_exit, open_database,
+                               report_damage, run_engine, warn, write_output)
 from otsec.detect.checker import Checker
 from otsec.policy.model import Policy
 
@@ -52,8 +52,8 @@ def _store(db, paths: list[Path], policy: Policy, baseline, policy_file: Path) -
 def report(
     policy_file: Path = typer.Option(..., "--policy", "-p", help="Policy YAML (zones, assets, conduits)."),
     db_path: Path = typer.Option(..., "--db", help="otsec database: read, and with --from also written."),
-    captures: Optional[List[Path]] = typer.Option(None, "--from", help="Analyse these captures into --db and report on them (repeatable)."),
-    output_format: str = typer.Option("html", "--format", "-f", help="html, md or json."),
+    captures: Optional[List[Path]] = typer.Option(None, "--from", metavar="CAPTURE", help="Analyse these captures into --db and report on them (repeatable)."),
+    output_format: str = typer.Option("html", "--format", "-f", metavar="html|md|json", help="html, md or json."),
     output: Path = typer.Option(..., "-o", "--output", help="Write the report here ('-' for stdout)."),
     baseline_db: Optional[Path] = typer.Option(None, "--baseline", help="Baseline database (default: the baseline stored in --db, if any)."),
 ) -> None:
@@ -66,15 +66,19 @@ def report(
         raise fail(f"--format {output_format!r}: expected one of {', '.join(FORMATS)}")
     policy = load_policy_or_exit(policy_file)
     check_inputs(list(captures or ()))
+    check_output(output)
     if not captures:
         if not db_path.is_file():
             raise fail(f"{db_path}: no such database (create it with otsec analyze --db, or pass --from)")
         if not detect_store.is_sqlite(db_path):
             raise fail(f"{db_path}: not an otsec database")
-    if baseline_db is not None and not (baseline_db.is_file() and detect_store.is_sqlite(baseline_db)):
-        raise fail(f"{baseline_db}: no such baseline database")
+    if baseline_db is not None:
+        if not baseline_db.is_file():
+            raise fail(f"{baseline_db}: no such baseline database")
+        if not detect_store.is_sqlite(baseline_db):
+            raise fail(f"{baseline_db}: not an otsec database")
     try:
-        db = open_db(db_path)
+        db = open_database(db_path)
         baseline = detect_store.load_baseline(open_db(baseline_db) if baseline_db else db)
         baseline = baseline if baseline.entries or baseline.devices else None
         ids, damaged = _store(db, list(captures), policy, baseline, policy_file) if captures else (None, False)

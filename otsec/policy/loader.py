@@ -127,7 +127,10 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
-        raise PolicyError([f"{source}:{line}: YAML syntax error: {exc.problem or exc}"]) from None
+        # an unclosed bracket or quote is noticed lines later: say where it was opened
+        start = exc.context_mark.line + 1 if exc.context and exc.context_mark else line
+        opened = f" ({exc.context} started on line {start})" if start != line else ""
+        raise PolicyError([f"{source}:{line}: YAML syntax error: {exc.problem or exc}{opened}"]) from None
     except yaml.reader.ReaderError as exc:   # control characters / bad encoding, located by offset
         line = text.count("\n", 0, exc.position) + 1
         raise PolicyError([f"{source}:{line}: not a text file: {exc.reason} "
@@ -422,7 +425,9 @@ class _Validator:
                 if r is None:
                     ok = False
                     continue
-                rule = self.allow_rule(r, f"{what} allow rule", assets, zone_names)
+                # with an unknown zone, 'asset X is not in A or B' would only repeat that error
+                known = zone_names if all(z in zones for z in zone_names) else ()
+                rule = self.allow_rule(r, f"{what} allow rule", assets, known)
                 if rule is None:
                     ok = False
                 else:
@@ -446,10 +451,12 @@ class _Validator:
                 self.err(line, f"{what}: bad port {value!r} (1-65535)")
             else:
                 ports.append(value)
-        ops = []
+        ops, ops_ok = [], True
         for value, line in self.seq(r, "operations", what):
             if self.str_choice(value, line, OP_CLASSES, f"{what}: unknown operation class"):
                 ops.append(value)
+            else:
+                ops_ok = False
         sources = self.selectors(r, "sources", what, assets, zone_names)
         destinations = self.selectors(r, "destinations", what, assets, zone_names)
         targets = []
@@ -457,7 +464,7 @@ class _Validator:
             t = self.write_target(value, line, what)
             if t is not None:
                 targets.append(t)
-        if targets and ops and "write" not in ops:
+        if targets and ops and ops_ok and "write" not in ops:  # a misspelt 'write' is reported once
             self.err(r.lines["write_targets"],
                      f"{what}: 'write_targets' given but 'write' is not an allowed operation")
         mode = None

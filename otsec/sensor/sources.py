@@ -214,7 +214,8 @@ class PcapDirSource:
     def __init__(self, directory: str | Path, store, settle: float = 10.0, log=None):
         self.dir = Path(directory)
         if not self.dir.is_dir():
-            raise SourceError(f"--pcap-dir {directory}: no such directory")
+            problem = "not a directory" if self.dir.exists() else "no such directory"
+            raise SourceError(f"--pcap-dir {directory}: {problem}")
         self.name = str(self.dir)
         self.store = store
         self.settle = settle
