@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import socket
 import struct
+from operator import attrgetter
 from typing import Callable
 
 from otsec.decoders.base import NEED_MORE, Decoder
@@ -45,6 +47,7 @@ CLOSED_LINGER = 5.0
 #: Seconds of capture time between two sweeps for idle connections.
 SWEEP_INTERVAL = 10.0
 _TRANSPORT = {TCP: "tcp", UDP: "udp", 1: "icmp", 58: "icmp6"}
+_LAST_ACTIVE = attrgetter("flow.last_ts")
 
 
 def community_id(saddr: bytes, daddr: bytes, proto: int, sport: int, dport: int, seed: int = 0) -> str:
@@ -386,8 +389,15 @@ class FlowTable:
 
     def _evict(self, now: float) -> None:
         """Over the cap: end the closed and least recently active tenth of the connections."""
-        ranked = sorted(self.states.values(), key=lambda s: (not s.closed, s.flow.last_ts))
-        for st in ranked[: max(1, len(ranked) // 10)]:
+        count = max(1, len(self.states) // 10)
+        closed = [st for st in self.states.values() if st.closed]
+        if len(closed) >= count:
+            victims = heapq.nsmallest(count, closed, key=_LAST_ACTIVE)
+        else:  # every closed one, then the least recently active open ones
+            still_open = [st for st in self.states.values() if not st.closed]
+            victims = sorted(closed, key=_LAST_ACTIVE) + heapq.nsmallest(
+                count - len(closed), still_open, key=_LAST_ACTIVE)
+        for st in victims:
             self.counters["flows_evicted"] += 1
             self._end(st)
 
