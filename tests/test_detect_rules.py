@@ -7,7 +7,8 @@ import dataclasses
 
 import pytest
 
-from otsec.detect.baseline import Learner, sides
+from otsec.analysis.sides import sides
+from otsec.detect.baseline import Learner
 from otsec.detect.checker import Checker
 from otsec.detect.rules import RULES, SEVERITIES
 from otsec.model import Target

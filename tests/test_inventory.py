@@ -109,3 +109,24 @@ def test_multicast_destinations_are_not_hosts():
     s = Summary()
     s.add_flow(Flow("1:x", "udp", "10.0.0.5", 5000, "239.255.255.250", 1900))
     assert [h["ip"] for h in s.report({}, [])["hosts"]] == ["10.0.0.5"]
+
+
+def test_plc_download_jobs_count_as_the_stations_operation():
+    """The PLC sends the "Download block" jobs of a download on the station's connection
+    (station port 49152 -> PLC port 102): who talks to whom shows only the station asking
+    the PLC, and the station does not "serve" S7comm by answering those jobs."""
+    station, plc = "10.0.0.30", "10.0.0.40"
+    events = [ev(station, plc, "request", "program", "s7comm", "Request download", src_port=49152, dst_port=102),
+              ev(plc, station, "response", "program", "s7comm", "Request download", src_port=102, dst_port=49152),
+              ev(plc, station, "request", "program", "s7comm", "Download block", src_port=102, dst_port=49152),
+              ev(station, plc, "response", "program", "s7comm", "Download block", src_port=49152, dst_port=102)]
+    s = Summary()
+    for e in events:
+        s.add_event(e)
+    report = s.report({}, [])
+    assert [(c["src"], c["dst"], c["operations"]) for c in report["communications"]] == [
+        (station, plc, {"program": 2})]
+    hosts = {h["ip"]: h for h in report["hosts"]}
+    assert (hosts[station]["uses"], hosts[station]["serves"]) == (["s7comm"], [])
+    assert (hosts[plc]["uses"], hosts[plc]["serves"]) == ([], ["s7comm"])
+    assert (hosts[station]["role"], hosts[plc]["role"]) == ("engineering_workstation", "plc")

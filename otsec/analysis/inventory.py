@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from netaddr import EUI, NotRegisteredError
 from netaddr.core import AddrFormatError
 
+from otsec.analysis.sides import sent_by_client
 from otsec.model import Event, Flow
 
 #: Protocols whose server side is a controller (PLC/RTU) rather than a general server.
@@ -107,6 +108,9 @@ class Summary:
         return host
 
     def add_event(self, ev: Event) -> None:
+        """Count an event for its sender (MAC, identity) and for its connection's client and
+        server (who asks whom for what): the "Download block" jobs an S7 PLC sends during a
+        download are the engineering station's operation, as in ``otsec check``."""
         self.events += 1
         src = self.host(ev.src_ip)
         if ev.src_mac:
@@ -115,19 +119,24 @@ class Summary:
             src.identity.update({k: v for k, v in ev.identity.items() if v})
         fn = self.functions[(ev.protocol, ev.function_code, ev.function)]
         protocol = TRANSPORT_OF.get(ev.protocol, ev.protocol)
+        if sent_by_client(ev):
+            client, server = ev.src_ip, ev.dst_ip
+        else:
+            client, server = ev.dst_ip, ev.src_ip
         if ev.kind == "request":
             fn["requests"] += 1
-            src.used[protocol] += 1
-            src.sent_classes[ev.op_class] += 1
-            src.peers_as_client.add(ev.dst_ip)
-            self.host(ev.dst_ip).clients.add(ev.src_ip)
-            self.pairs[(ev.src_ip, ev.dst_ip, protocol)][ev.op_class] += 1
+            asker = self.host(client)
+            asker.used[protocol] += 1
+            asker.sent_classes[ev.op_class] += 1
+            asker.peers_as_client.add(server)
+            self.host(server).clients.add(client)
+            self.pairs[(client, server, protocol)][ev.op_class] += 1
         elif ev.kind == "response":
             fn["responses"] += 1
-            src.served[protocol] += 1
+            self.host(server).served[protocol] += 1
             if ev.result in ("exception", "error"):
                 fn["exceptions"] += 1
-                self.host(ev.dst_ip).rejected += 1
+                self.host(client).rejected += 1
         else:
             fn["notifications"] += 1
         for flag in ev.anomalies:

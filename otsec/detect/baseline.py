@@ -12,11 +12,11 @@ familiar even when the policy does not declare them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Iterable
 
+from otsec.analysis.sides import sides
 from otsec.model import Event, Flow, Target
-from otsec.policy.model import SERVICE_PORTS, Policy, protocol_name
+from otsec.policy.model import Policy, protocol_name
 
 #: Bounds so a long learning period cannot exhaust memory.
 MAX_ENTRIES = 200_000
@@ -196,49 +196,6 @@ class Baseline:
                 mine.macs |= d.macs
                 for k, v in d.identity.items():
                     mine.identity.setdefault(k, v)
-
-
-@dataclass(frozen=True, slots=True)
-class Sides:
-    """The connection an event belongs to, client (initiator) first."""
-
-    client_ip: str
-    client_mac: str | None
-    server_ip: str
-    server_mac: str | None
-    port: int                    # the server's port
-    protocol: str                # policy protocol name
-    from_client: bool
-
-
-def sides(ev: Event) -> Sides:
-    """Orient an event by its connection, not by who asked: an S7 PLC sends the
-    "Download block" jobs of a download the engineering station started, and such an
-    operation belongs to the station's connection. The server is the side on the
-    protocol's registered port; failing that, the lower port below 1024; failing that,
-    the receiver of a request."""
-    from_client, port, protocol = _orientation(ev.protocol, ev.src_port, ev.dst_port, ev.kind == "response")
-    if from_client:
-        return Sides(ev.src_ip, ev.src_mac, ev.dst_ip, ev.dst_mac, port, protocol, True)
-    return Sides(ev.dst_ip, ev.dst_mac, ev.src_ip, ev.src_mac, port, protocol, False)
-
-
-@lru_cache(maxsize=65_536)
-def _orientation(protocol: str, src_port: int, dst_port: int, response: bool) -> tuple[bool, int, str]:
-    """(sent by the client?, server port, policy protocol name) for :func:`sides`; a pure
-    function of its arguments, so it is cached (every message of a connection asks it)."""
-    proto = protocol_name(protocol, 0)
-    src_srv = SERVICE_PORTS.get(src_port) == proto
-    dst_srv = SERVICE_PORTS.get(dst_port) == proto
-    if src_srv == dst_srv:
-        low = min(src_port, dst_port)
-        if low < 1024 <= max(src_port, dst_port):
-            src_srv, dst_srv = src_port == low, dst_port == low
-        else:
-            src_srv, dst_srv = response, not response
-    if dst_srv and not src_srv:
-        return True, dst_port, protocol_name(protocol, dst_port)
-    return False, src_port, protocol_name(protocol, src_port)
 
 
 def event_key(policy: Policy, ev: Event) -> tuple[Key, str | None, str | None] | None:

@@ -25,7 +25,8 @@ import datetime as dt
 import ipaddress
 from dataclasses import dataclass
 
-from otsec.detect.baseline import Baseline, Sides, event_key, flow_key, sides
+from otsec.analysis.sides import Sides, sides
+from otsec.detect.baseline import Baseline, event_key, flow_key
 from otsec.detect.findings import Aggregator, Endpoint, Finding, apply_suppressions
 from otsec.model import Event, Flow, Target
 from otsec.policy.model import (

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 
 import yaml
 
-from otsec.detect.baseline import sides
+from otsec.analysis.sides import sides
 from otsec.model import Event, Flow
 from otsec.policy.model import PROTOCOLS, protocol_name
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from otsec.analysis.inventory import Summary, mac_vendor
-from otsec.detect.baseline import Baseline, sides
+from otsec.analysis.sides import sides
+from otsec.detect.baseline import Baseline
 from otsec.detect.checker import Checker
 from otsec.model import Event, Flow
 from otsec.policy.model import Conduit, Located, Policy, Zone, protocol_name
