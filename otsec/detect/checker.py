@@ -421,6 +421,10 @@ class Checker:
                       extra)
         if f is not None:
             f.add(flow.last_ts, flow.last_packet, self.capture, None, count=0)
+            if flow.initiator_known and f.samples["handshake"].get("seen") == 1:
+                # the first connection whose opener is known states the direction; one
+                # without a handshake could only guess it
+                f.explanation = text
 
     def _external(self, flow: Flow, c_loc: Located, s_loc: Located, client: Endpoint,
                   server: Endpoint, protocol: str) -> bool:
