@@ -217,3 +217,17 @@ def test_first_bytes_awaiting_detection_then_a_filled_hole():
     _client(run, 3, m1[3:] + m2)                               # 6: fills it
     run.table.finish()
     assert [(e.function, e.packet) for e in run.events] == [("one", 6), ("two", 6), ("three", 5)]
+
+
+def test_the_other_directions_bytes_held_until_detection_keep_their_own_packets():
+    """A capture starting mid-connection: the server's first segments are not recognised
+    (they begin with the tail of an earlier message) and are held; the client's request
+    then identifies the protocol, and the held responses are decoded at their own packets."""
+    run = Run()
+    first = b"xx" + msg(b"r", 7, b"a")
+    run(pkt(B, 9999, A, 40000, seq=1000, payload=first))                        # 1
+    run(pkt(B, 9999, A, 40000, seq=1000 + len(first), payload=msg(b"r", 8, b"b")))  # 2
+    run(pkt(A, 40000, B, 9999, seq=50, payload=msg(b"q", 9, b"c")))             # 3: recognised
+    run.table.finish()
+    assert [(e.function, e.kind, e.packet, e.ts) for e in run.events] == [
+        ("a", "response", 1, 1.0), ("b", "response", 2, 2.0), ("c", "request", 3, 3.0)]

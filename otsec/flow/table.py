@@ -36,6 +36,9 @@ DETECTION_ATTEMPTS = 8
 #: and while waiting for the rest of a recognised first message off its usual port.
 DETECTION_WINDOW = 64
 MAX_MESSAGE_AWAITED = 16 * 1024
+#: Segment ends remembered for the bytes held while awaiting detection.
+MAX_HELD_SEGMENTS = 64
+NOTHING_HELD: tuple[bytes, list | None] = (b"", None)
 #: Bounds on the table (EngineConfig exposes them): connections held at once (~3 KB each),
 #: seconds without a packet before a TCP/UDP conversation is retired (Zeek's TCP inactivity
 #: timeout is 5 minutes; industrial polling is far more frequent), and how long a closed
@@ -91,7 +94,8 @@ class FlowState:
         self.session: Session | None = None
         self.flip = False                 # decoder's client is the connection's server
         self.attempts = DETECTION_ATTEMPTS
-        self.undetected = [b"", b""]      # first bytes per direction awaiting detection
+        self.undetected = [NOTHING_HELD, NOTHING_HELD]  # per direction: first bytes awaiting
+        # detection, with the packets they came in (as Stream.bounds)
         self.fins = 0
         self.closed = False
 
@@ -208,43 +212,55 @@ class FlowTable:
         from the reassembly queue, by the segments listed in ``bounds`` (Stream.bounds)."""
         session = st.session
         if session is None:
-            data = self._await_detection(st, from_client, data, gapped)
+            data, bounds = self._await_detection(st, from_client, data, gapped, pkt_no, ts, bounds)
             if not data:
                 return
             session = st.session
             gapped = False
             # the other direction's first bytes, held while undetected, are decoded too
-            # (the session resynchronises if they do not start with a message)
-            other, st.undetected = st.undetected[not from_client], [b"", b""]
+            # (the session resynchronises if they do not start with a message), each
+            # message at the packet that brought its last byte
+            (other, other_bounds), st.undetected = st.undetected[not from_client], [NOTHING_HELD, NOTHING_HELD]
             if other:
-                events = session.feed(other, from_client == st.flip, False, pkt_no, ts)
+                events = session.feed(other, from_client == st.flip, False, pkt_no, ts, other_bounds)
                 if events:
                     self._emit(st, not from_client, events)
         events = session.feed(data, from_client != st.flip, gapped, pkt_no, ts, bounds)
         if events:
             self._emit(st, from_client, events)
 
-    def _await_detection(self, st: FlowState, from_client: bool, data: bytes, gapped: bool) -> bytes:
+    def _await_detection(self, st: FlowState, from_client: bool, data: bytes, gapped: bool,
+                         pkt_no: int, ts: float, bounds: list | None) -> tuple[bytes, list | None]:
         """Collect a direction's first bytes until a decoder recognises them.
 
-        Returns the bytes to decode once a decoder is attached, else b"". A window that
-        fills up without a match (a capture starting mid-message, or another protocol)
-        is dropped and counts as one failed attempt.
+        Returns the bytes to decode once a decoder is attached (with their segments'
+        packets, as Stream.bounds), else b"". A window that fills up without a match (a
+        capture starting mid-message, or another protocol) is dropped and counts as one
+        failed attempt.
         """
         if st.attempts <= 0:
-            return b""
-        held = b"" if gapped else st.undetected[from_client]
-        data = held + data if held else data
+            return b"", None
+        held, held_bounds = NOTHING_HELD if gapped else st.undetected[from_client]
+        own = bounds if bounds is not None else [(len(data), pkt_no, ts)]
+        if held:
+            shift = len(held)
+            # a stream of tiny segments keeps only its latest ends: earlier bytes then
+            # count as the first kept segment's
+            bounds = (held_bounds + [(end + shift, p, t) for end, p, t in own])[-MAX_HELD_SEGMENTS:]
+            data = held + data
+        else:
+            bounds = own
         found = self._detect(st, data, from_client)
         if isinstance(found, Session):
-            return data
+            return data, bounds
         if len(data) >= (MAX_MESSAGE_AWAITED if found else DETECTION_WINDOW):
             st.attempts -= 1
-            data = b""
-        st.undetected[from_client] = data
+            st.undetected[from_client] = NOTHING_HELD
+        else:
+            st.undetected[from_client] = (data, bounds)
         if st.attempts <= 0:
-            st.undetected = [b"", b""]   # given up: nothing more is held for this connection
-        return b""
+            st.undetected = [NOTHING_HELD, NOTHING_HELD]   # given up: nothing more is held
+        return b"", None
 
     def _emit(self, st: FlowState, from_client: bool, events: list[Event]) -> None:
         """Report decoded events (the session set the packet that completed each) with
