@@ -6,7 +6,6 @@ never a traceback; a damaged capture is a warning after the partial results.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -18,6 +17,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from otsec.capture import CaptureError, CaptureReader
 from otsec.engine import EngineConfig, analyze, reduce
 from otsec.model import Event, Flow
+from otsec.paths import unwritable
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -64,23 +64,15 @@ def check_output(output: Path | None) -> None:
     long run does not end in 'cannot write' with its results lost."""
     if output is None or str(output) == "-":
         return
-    if output.is_dir():
-        raise fail(f"{output}: cannot write: is a directory")
-    parent = output.parent
-    if not parent.is_dir():
-        raise fail(f"{output}: cannot write: no such directory {parent}")
-    if not os.access(output if output.exists() else parent, os.W_OK):
-        raise fail(f"{output}: cannot write: permission denied")
+    why = unwritable(output)
+    if why:
+        raise fail(f"{output}: cannot write: {why}")
 
 
 def open_database(path: Path):
     """The otsec database at ``path`` (created if needed), or one line and exit 2."""
     from otsec.store.db import StoreError, open_db
 
-    if path.is_dir():
-        raise fail(f"{path}: is a directory, not a database")
-    if not path.parent.is_dir():
-        raise fail(f"{path}: cannot create the database: no such directory {path.parent}")
     try:
         return open_db(path)
     except StoreError as exc:

@@ -77,10 +77,11 @@ def sensor(
         stats_interval=stats_interval, update_interval=update_interval, settle=settle,
         engine=EngineConfig(ports=parse_ports(port), max_flows=max_flows),
     )
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=LOG_FORMAT,
-                        stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     log = logging.getLogger("otsec.sensor")
-    view = TuiView() if tui else StatusLine(log)
+    view = TuiView(log_handler=handler) if tui else StatusLine(log)
     try:
         s = Sensor(cfg, log, view)
     except PolicyError as exc:

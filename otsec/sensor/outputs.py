@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from otsec import __version__
+from otsec.paths import unwritable
 
 #: Syslog facilities by name (RFC 5424 table 1).
 FACILITIES = {"user": 1, "daemon": 3, "auth": 4, "local0": 16, "local1": 17, "local2": 18,
@@ -71,6 +72,35 @@ _NOT_PRINTUSASCII = re.compile(r"[^\x21-\x7e]")
 
 class OutputError(Exception):
     """An output that cannot be set up (bad target, unwritable file)."""
+
+
+def check_syslog_options(facility: str, msg_format: str) -> None:
+    """``--syslog-facility``/``--syslog-format``, checked even without ``--syslog``: a typo
+    in a unit file must not wait for the day a collector is added."""
+    if facility not in FACILITIES:
+        raise OutputError(f"--syslog-facility {facility!r}: expected one of {', '.join(FACILITIES)}")
+    if msg_format not in SYSLOG_FORMATS:
+        raise OutputError(f"--syslog-format {msg_format!r}: expected rfc5424 or cef")
+
+
+def check_file(path: Path, option: str) -> None:
+    """A file that can be created or appended to; checked before anything is created."""
+    why = unwritable(path)
+    if why:
+        raise OutputError(f"{option} {path}: cannot write: {why}")
+
+
+def check_directory(path: Path, option: str) -> None:
+    """A writable directory, or one that can be made (its nearest existing ancestor is a
+    writable directory); checked before anything is created."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is a file)"
+        raise OutputError(f"{option} {path}: not a directory{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: cannot write: permission denied")
 
 
 # --- JSON lines --------------------------------------------------------------------------
@@ -250,10 +280,7 @@ class SyslogOutput:
 
     def __init__(self, target: str, facility: str = "local4", msg_format: str = "rfc5424",
                  log=None):
-        if facility not in FACILITIES:
-            raise OutputError(f"--syslog-facility {facility!r}: expected one of {', '.join(FACILITIES)}")
-        if msg_format not in SYSLOG_FORMATS:
-            raise OutputError(f"--syslog-format {msg_format!r}: expected rfc5424 or cef")
+        check_syslog_options(facility, msg_format)
         self.scheme, self.address = parse_target(target)
         self.target = target
         self.facility = FACILITIES[facility]

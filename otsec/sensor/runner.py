@@ -47,12 +47,14 @@ from otsec.detect.findings import Aggregator, Finding, suppression_for
 from otsec.engine import Engine, EngineConfig
 from otsec.policy.loader import PolicyError, load_policy
 from otsec.sensor.evidence import EvidenceRecorder
-from otsec.sensor.outputs import JsonLinesOutput, SyslogOutput, one_line
+from otsec.sensor.outputs import (
+    JsonLinesOutput, SyslogOutput, check_directory, check_file, check_syslog_options, one_line,
+)
 from otsec.sensor.sources import LiveSource, PcapDirSource
 from otsec.sensor.status import decode_errors
 from otsec.sensor.store import SensorStore, get_state
 from otsec.store import detect_store
-from otsec.store.db import open_db
+from otsec.store.db import check_db_path, open_db
 
 #: Packets handed over by the source per poll, and the longest wait when it has none:
 #: together they bound how late a flush, a stats row or a signal is handled.
@@ -155,20 +157,32 @@ class Sensor:
         self.cfg = cfg
         self.log = log or logging.getLogger("otsec.sensor")
         self.view = view
+        # every input is checked before anything is created: a typo leaves no database,
+        # run record or output file behind
         self.policy = load_policy(cfg.policy)        # PolicyError: the caller reports it
+        check_syslog_options(cfg.syslog_facility, cfg.syslog_format)
+        self.syslog = None
+        if cfg.syslog:
+            self.syslog = SyslogOutput(cfg.syslog, cfg.syslog_facility, cfg.syslog_format, self.log)
+        if cfg.json_path is not None:
+            check_file(cfg.json_path, "--json")
+        if cfg.evidence_dir is not None:
+            check_directory(cfg.evidence_dir, "--evidence-dir")
+        check_db_path(cfg.db)
+        if cfg.interface is not None:          # last: a live source opens its handle here
+            self.source = LiveSource(cfg.interface, cfg.snaplen, cfg.promisc, cfg.bpf,
+                                     cfg.buffer_mb, self.log, cfg.retry_first)
+        else:
+            self.source = PcapDirSource(cfg.pcap_dir, cfg.settle, self.log)
         self.db = open_db(cfg.db)
         self.db.execute(f"PRAGMA busy_timeout = {DB_BUSY_MS}")
         self.outputs: list = []
         if cfg.json_path is not None:
             self.outputs.append(JsonLinesOutput(cfg.json_path, self.log))
-        self.syslog = None
-        if cfg.syslog:
-            self.syslog = SyslogOutput(cfg.syslog, cfg.syslog_facility, cfg.syslog_format, self.log)
         self.evidence = None
         if cfg.evidence_dir is not None:
             self.evidence = EvidenceRecorder(cfg.evidence_dir, cfg.evidence_max_bytes,
                                              cfg.evidence_per_finding_bytes, self.log)
-        source_name = cfg.interface or str(cfg.pcap_dir)
         self.learning, stored = self._initial_mode()
         self.agg = TrackingAggregator()
         self.checker = Checker(self.policy, None if self.learning else stored, self.agg)
@@ -178,13 +192,10 @@ class Sensor:
         self._feed_packet = self._feed_with_evidence if self.evidence else self.engine.feed
         timed = self.learning and cfg.learn_seconds is not None
         self.feed = self._feed_learning if timed else self._feed_packet
-        self.store = SensorStore(self.db, source_name, "learn" if self.learning else "detect",
+        self.store = SensorStore(self.db, self.source.name, "learn" if self.learning else "detect",
                                  str(cfg.policy), str(cfg.db) if stored else None)
-        if cfg.interface is not None:
-            self.source = LiveSource(cfg.interface, cfg.snaplen, cfg.promisc, cfg.bpf,
-                                     cfg.buffer_mb, self.log, cfg.retry_first)
-        else:
-            self.source = PcapDirSource(cfg.pcap_dir, self.store, cfg.settle, self.log)
+        if cfg.pcap_dir is not None:
+            self.source.store = self.store
         self.events = 0
         self.emitted: dict[tuple, _Emitted] = {}
         self.held: set[tuple] = set()            # findings with an update not yet sent
@@ -236,7 +247,6 @@ class Sensor:
                 self._unsaved_state[STATE_LEARN_STARTED] = repr(ts)
             if ts >= self.learn_deadline:
                 self._finish_learning(ts)
-                self.feed = self._feed_packet
         self._feed_packet(pkt_no, ts, linktype, frame)
 
     def _save_baseline(self) -> None:
@@ -263,6 +273,7 @@ class Sensor:
         self.checker.baseline = baseline
         self.learner = None
         self.learning = False
+        self.feed = self._feed_packet
         self._unsaved_state[STATE_LEARN_FINISHED] = repr(ts)
         self.log.info("learning period over at %s: baseline has %d communications, %d devices; "
                       "detecting", _utc(ts), len(baseline.entries), len(baseline.devices))
@@ -287,14 +298,27 @@ class Sensor:
         self.checker.capture = name
 
     def _tick_clock(self, now: float) -> None:
-        """Run the capture clock on while the source is quiet (see the module docstring)."""
+        """Run the capture clock on while the source is quiet (see the module docstring);
+        a learning period that ends meanwhile ends at its deadline, not at the next packet."""
         last = self.engine.last_ts
-        if last is None:
-            return
-        if last != self._clock[0]:
+        if last is not None and last != self._clock[0]:
             self._clock = (last, now)
-        elif self.source.idle():
-            self.engine.sweep(last + (now - self._clock[1]))
+            return
+        if not self.source.idle():
+            return
+        if last is not None:
+            clock = last + (now - self._clock[1])
+        elif self.cfg.interface is not None:
+            clock = time.time()     # no packet yet: a live source stamps them with this clock
+        else:
+            return                  # a pcap directory has no time before its first packet
+        deadline = self.learn_deadline
+        if self.learning and deadline is not None and clock >= deadline:
+            if last is not None:
+                self.engine.sweep(deadline)   # what ended before the deadline is learned
+            self._finish_learning(deadline)
+        if last is not None:
+            self.engine.sweep(clock)
 
     def _feed_with_evidence(self, pkt_no: int, ts: float, linktype: int, frame: bytes) -> None:
         self.evidence.packet(ts, linktype, frame)
@@ -494,6 +518,8 @@ class Sensor:
         if self.learner is not None:
             self._save_baseline()
         self.flush(final=True, stats=True)
+        if self.view is not None:
+            self.view.tick(self)      # the live view's last frame shows the final counts
         if self.evidence is not None:
             self.evidence.close()
         try:

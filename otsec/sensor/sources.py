@@ -11,6 +11,11 @@ timeout only fires once a packet has arrived, so a silent link would block forev
 Kernel counters (``pcap_stats``: received, dropped for lack of buffer space, dropped by
 the interface) restart with each handle, so the source keeps running totals across
 reopenings.
+
+Both sources check their input when constructed, before the sensor creates its database:
+a missing directory, an interface name that does not exist (a typo: an interface that
+disappears later is waited for), a denied capture permission or a bad BPF filter is a
+:class:`SourceError` at once, not a retry loop.
 """
 
 from __future__ import annotations
@@ -27,12 +32,16 @@ from otsec.capture import CaptureError, CaptureReader
 
 #: libpcap pcap_activate() results (pcap/pcap.h) that deserve a plain-words message.
 ACTIVATE_ERRORS = {
-    -1: "generic error", -5: "no such device", -6: "monitor mode not supported",
+    -1: "generic error", -5: "no such network interface", -6: "monitor mode not supported",
     -8: "permission denied (needs root or CAP_NET_RAW and CAP_NET_ADMIN)",
     -9: "interface is down", -11: "promiscuous mode not permitted",
 }
 #: Activation failures that retrying cannot fix: the sensor stops with an error instead.
 FATAL_ACTIVATE = (-8, -11)
+#: Where Linux lists the network interfaces of the sensor's namespace.
+SYS_CLASS_NET = Path("/sys/class/net")
+#: Interface names listed at most in the "no such network interface" message.
+MAX_LISTED = 20
 #: Reconnection back-off for a live interface: first delay, factor, ceiling (seconds).
 RETRY_FIRST, RETRY_FACTOR, RETRY_MAX = 1.0, 2.0, 30.0
 #: Bytes hashed to recognise a capture file again (its header and first packets).
@@ -49,14 +58,51 @@ class SourceError(Exception):
     """A source that cannot work at all (bad filter, no permission, missing directory)."""
 
 
+def network_interfaces() -> list[str] | None:
+    """Names of the network interfaces here (sorted), or None when the system cannot say."""
+    try:
+        return sorted(os.listdir(SYS_CLASS_NET))
+    except OSError:
+        return None
+
+
+def check_interface(pcapy, name: str) -> bool:
+    """Whether ``name`` is a network interface (True) or a libpcap pseudo-device such as
+    ``any`` or ``nflog`` (False); anything else is a typo: :class:`SourceError` naming
+    what exists."""
+    interfaces = network_interfaces()
+    if interfaces is None:
+        return False       # the system cannot say: libpcap will
+    if name in interfaces:
+        return True
+    try:
+        if name in pcapy.findalldevs():
+            return False
+    except pcapy.PcapError:
+        pass
+    listed = interfaces[:MAX_LISTED] + (["..."] if len(interfaces) > MAX_LISTED else [])
+    raise SourceError(f"--interface {name}: no such network interface "
+                      f"(available: {', '.join(listed) or 'none'})")
+
+
 class LiveSource:
-    """A live interface through libpcap, reopened with back-off when it fails or goes down."""
+    """A live interface through libpcap, reopened with back-off when it fails or goes down.
+
+    The first open happens here, so that what retrying cannot fix (a typo in the name, no
+    permission, a bad filter) raises :class:`SourceError` before anything is created; an
+    interface that exists but cannot be opened yet is reported by :meth:`start` and retried.
+    """
 
     def __init__(self, interface: str, snaplen: int = 262144, promisc: bool = True,
                  bpf: str | None = None, buffer_mb: int = 64, log=None,
                  retry_first: float = RETRY_FIRST):
-        import pcapy   # imported here: only live capture needs the binding
-
+        try:
+            import pcapy   # imported here: only live capture needs the binding
+        except ImportError:
+            raise SourceError(f"--interface {interface}: live capture needs pcapy-ng "
+                              "(python3 -m pip install 'otsec[sensor]')") from None
+        #: a real network interface (not ``any``): its absence later means it was deleted
+        self.netdev = check_interface(pcapy, interface)
         self.pcapy = pcapy
         self.name = interface
         self.snaplen, self.promisc, self.bpf, self.buffer_mb = snaplen, promisc, bpf, buffer_mb
@@ -71,6 +117,11 @@ class LiveSource:
         self.outages = 0
         self._closed_totals = [0, 0, 0]   # received, dropped, interface-dropped of past handles
         self._down_since: float | None = None
+        self._first_error: str | None = None
+        try:
+            self._open()
+        except pcapy.PcapError as exc:
+            self._first_error = str(exc)
 
     def _open(self) -> None:
         pcapy = self.pcapy
@@ -81,6 +132,7 @@ class LiveSource:
         h.set_buffer_size(self.buffer_mb * 1024 * 1024)
         rc = h.activate()
         if rc < 0:
+            h.close()
             reason = ACTIVATE_ERRORS.get(rc, f"pcap_activate error {rc}")
             if rc in FATAL_ACTIVATE:
                 raise SourceError(f"interface {self.name}: {reason}")
@@ -89,14 +141,18 @@ class LiveSource:
             try:
                 h.setfilter(self.bpf)
             except pcapy.PcapError as exc:
+                h.close()
                 raise SourceError(f"--bpf {self.bpf!r}: {exc}") from None
         h.setnonblock(1)
         self.handle, self.fd, self.linktype = h, h.getfd(), h.datalink()
 
     def start(self) -> None:
-        """First open: configuration errors raise :class:`SourceError`; an interface that
-        is down or missing is reported and retried like a later outage."""
-        self._try_open()
+        """Report the first open (made by the constructor): capturing, or down and retried
+        like a later outage."""
+        if self.handle is None:
+            self._lost(self._first_error)
+        else:
+            self._opened()
 
     def _try_open(self) -> None:
         try:
@@ -104,6 +160,9 @@ class LiveSource:
         except self.pcapy.PcapError as exc:
             self._lost(str(exc))
             return
+        self._opened()
+
+    def _opened(self) -> None:
         if self._down_since is not None:
             self.log.warning("interface %s: capturing again after %.0f s", self.name,
                              time.monotonic() - self._down_since)
@@ -114,6 +173,8 @@ class LiveSource:
                       f", filter {self.bpf!r}" if self.bpf else "")
 
     def _lost(self, reason: str) -> None:
+        if self.netdev and self.name not in (network_interfaces() or [self.name]):
+            reason = "no such network interface"   # libpcap says "went down" for a deleted one
         if self.handle is not None:
             self._keep_counters()
             self.handle.close()
@@ -211,13 +272,15 @@ class PcapDirSource:
     to the damage, reported once, and not read again unless it changes.
     """
 
-    def __init__(self, directory: str | Path, store, settle: float = 10.0, log=None):
+    def __init__(self, directory: str | Path, settle: float = 10.0, log=None):
         self.dir = Path(directory)
         if not self.dir.is_dir():
             problem = "not a directory" if self.dir.exists() else "no such directory"
             raise SourceError(f"--pcap-dir {directory}: {problem}")
         self.name = str(self.dir)
-        self.store = store
+        #: the SensorStore that holds the progress rows; set by the sensor once its database
+        #: is open (after every input was checked)
+        self.store = None
         self.settle = settle
         self.log = log
         self.seen: dict[str, tuple[int, int, float]] = {}   # name -> (size, mtime_ns, unchanged since)

@@ -3,21 +3,35 @@ with ``--tui`` a rich Live panel refreshed every second.
 
 Both show the same counters as a ``sensor_stats`` row: packets, kernel drops, flows,
 decode problems (malformed packets, messages with anomaly flags, decoder errors), findings
-and new findings per minute.
+and new findings per minute. The live panel adds the mode and the most severe, most recent
+active findings::
+
+    otsec sensor on eth1 - detecting - up 42 s
+    | packets | kernel drops | flows active | ... | findings | new findings/min |
+    findings (15 active, 0 suppressed)
+    | severity | rule | source | destination | protocol | count | last seen (UTC) |
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import sys
 import time
 from collections import deque
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
+
+from otsec.detect.rules import severity_rank
+from otsec.sensor.outputs import one_line
 
 #: Window over which --tui computes "findings per minute".
 RATE_WINDOW = 60.0
+#: Findings listed in the live panel (the rest are counted in its title).
+TUI_FINDINGS = 12
 
 
 def decode_errors(stats: dict) -> int:
@@ -48,21 +62,28 @@ class StatusLine:
 
 
 class TuiView:
-    """A live table on the terminal; logging keeps printing above it."""
+    """A live table on the terminal; the log handler given keeps printing above it."""
 
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, log_handler: logging.StreamHandler | None = None):
         self.console = console or Console(stderr=True)
         self.live = Live(console=self.console, auto_refresh=False, redirect_stderr=True,
                          transient=False)
+        self.log_handler = log_handler
+        self._log_stream = None
         self.history: deque[tuple[float, int]] = deque()
         self.started = time.monotonic()
 
     def __enter__(self):
         self.live.start()
+        if self.log_handler is not None:
+            # rich's stderr stand-in prints each line above the table instead of through it
+            self._log_stream = self.log_handler.setStream(sys.stderr)
         return self
 
     def __exit__(self, *exc):
         self.live.stop()
+        if self.log_handler is not None:
+            self.log_handler.setStream(self._log_stream)
 
     def stats(self, row: dict) -> None:
         return None
@@ -77,13 +98,30 @@ class TuiView:
         rate = (findings - self.history[0][1]) * 60.0 / span
         st = sensor.engine.stats()
         counters = sensor.source.counters()
-        t = Table(title=f"otsec sensor on {sensor.source.name} - "
-                        f"{'learning' if sensor.learning else 'detecting'} - "
-                        f"up {int(now - self.started)} s", title_justify="left")
+        header = Text(f"otsec sensor on {sensor.source.name} - "
+                      f"{'learning' if sensor.learning else 'detecting'} - "
+                      f"up {int(now - self.started)} s", style="bold")
+        t = Table()
         for col in ("packets", "kernel drops", "flows active", "flows total", "decode problems",
                     "findings", "new findings/min"):
             t.add_column(col, justify="right")
         t.add_row(str(st["packets"]), str(counters.get("kernel_dropped", "-")),
                   str(len(sensor.engine.open_flows())), str(st["flows"]), str(decode_errors(st)),
                   str(findings), f"{rate:.1f}")
-        self.live.update(t, refresh=True)
+        self.live.update(Group(header, t, findings_table(sensor.agg.findings.values())), refresh=True)
+
+
+def findings_table(findings) -> Table:
+    """The ``TUI_FINDINGS`` most severe, then most recent, active findings."""
+    active = [f for f in findings if f.suppressed is None]
+    shown = sorted(active, key=lambda f: (-severity_rank(f.severity), -f.last_ts))[:TUI_FINDINGS]
+    more = f", {len(active) - len(shown)} not shown" if len(active) > len(shown) else ""
+    t = Table(title=f"findings ({len(active)} active, {len(findings) - len(active)} suppressed{more})",
+              title_justify="left")
+    for col in ("severity", "rule", "source", "destination", "protocol", "count", "last seen (UTC)"):
+        t.add_column(col, justify="right" if col == "count" else "left")
+    for f in shown:
+        cells = (f.severity, f.rule_id, f.src.label, f.dst.label if f.dst else "-", f.protocol or "-",
+                 str(f.count), dt.datetime.fromtimestamp(f.last_ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"))
+        t.add_row(*(Text(one_line(c)) for c in cells))   # Text: a '[' from the wire is not markup
+    return t

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Iterable
@@ -62,8 +63,20 @@ class StoreError(Exception):
     """A database that cannot be opened or written; the message names the file."""
 
 
+def check_db_path(path: Path) -> None:
+    """A database file that exists or can be created (checked before anything is created,
+    and by :func:`open_db`, so every command words these cases alike)."""
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory, not a database")
+    if not path.parent.is_dir():
+        raise StoreError(f"{path}: cannot create the database: no such directory {path.parent}")
+    if not path.exists() and not os.access(path.parent, os.W_OK):
+        raise StoreError(f"{path}: cannot create the database: permission denied")
+
+
 def open_db(path: str | Path) -> sqlite_utils.Database:
     """Open (creating if needed) an otsec database in WAL mode with all migrations applied."""
+    check_db_path(Path(path))
     for module in MIGRATION_MODULES:
         importlib.import_module(module)
     try:
