@@ -15,6 +15,7 @@ from __future__ import annotations
 import heapq
 import multiprocessing
 import pickle
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,43 +172,118 @@ class Engine:
 
 def analyze(paths: Iterable[str | Path], on_event: Callable[[Event], None] | None = None,
             on_flow: Callable[[Flow], None] | None = None, config: EngineConfig | None = None,
-            progress: Callable[[int, int], None] | None = None, jobs: int = 1) -> dict:
+            progress: Callable[[int, int], None] | None = None, jobs: int = 1,
+            prepare: Callable | None = None) -> dict:
     """Stream capture files through one engine (flows continue across files, as with
     rotated captures of one link) and return the run's statistics.
 
     With ``jobs`` > 1 the work is split by connection over that many processes; the
     callbacks then see the same items in the same order as with one process (as long as
-    the flow cap is not reached, since each shard has its own table). Raises
-    CaptureError only for a file that cannot be opened as a capture at all.
+    the flow cap is not reached, since each shard has its own table). ``prepare``, when
+    given, turns each event and flow into what the callbacks receive; with ``jobs`` > 1
+    it runs in the worker processes, so per-item work such as serialising is shared out
+    instead of piling up in the one process that merges (its result must pickle).
+    Raises CaptureError only for a file that cannot be opened as a capture at all.
     """
+    return _run(paths, None, on_event, on_flow, prepare, config, progress, jobs)[1]
+
+
+def reduce(paths: Iterable[str | Path], make_reducer: Callable, config: EngineConfig | None = None,
+           jobs: int = 1, progress: Callable[[int, int], None] | None = None,
+           on_event: Callable | None = None, on_flow: Callable | None = None,
+           prepare: Callable | None = None):
+    """Fold the captures' events and flows into an aggregate and return (aggregate, stats).
+
+    ``make_reducer()`` builds an object with ``add_event``, ``add_flow`` and
+    ``merge(other)``. With ``jobs`` > 1 each shard folds its own connections and only the
+    aggregates travel back to be merged, so the parallel run scales with the cores.
+    The items (prepared, see :func:`analyze`) may also be streamed to callbacks in order.
+    """
+    return _run(paths, make_reducer, on_event, on_flow, prepare, config, progress, jobs)
+
+
+def _run(paths, make_reducer, on_event, on_flow, prepare, config, progress, jobs):
     paths = [Path(p) for p in paths]
+    config = config or EngineConfig()
     if jobs > 1:
-        return _analyze_parallel(paths, on_event or _ignore, on_flow or _ignore,
-                                 config or EngineConfig(), jobs)
-    engine = Engine(config, on_event, on_flow)
+        return _run_parallel(paths, make_reducer, on_event, on_flow, prepare, config, jobs)
+    reducer = make_reducer() if make_reducer is not None else None
+    engine = Engine(config, *_sinks(reducer, on_event, on_flow, prepare))
     for path in paths:
         engine.read_file(path, progress)
-    return engine.finish()
+    return reducer, engine.finish()
+
+
+def _sinks(reducer, on_event, on_flow, prepare) -> tuple[Callable, Callable]:
+    """The engine's two callbacks: fold into ``reducer`` and pass the (prepared) item on."""
+    def chain(fold, deliver):
+        if deliver is not None and prepare is not None:
+            give = deliver
+            deliver = lambda item: give(prepare(item))  # noqa: E731
+        if fold is None or deliver is None:
+            return fold or deliver or _ignore
+
+        def both(item) -> None:
+            fold(item)
+            deliver(item)
+        return both
+
+    if reducer is None:
+        return chain(None, on_event), chain(None, on_flow)
+    return chain(reducer.add_event, on_event), chain(reducer.add_flow, on_flow)
 
 
 # --- parallel shards ------------------------------------------------------------------
 
-def _run_shard(paths: list[Path], config: EngineConfig, index: int, count: int, out: str) -> dict:
-    """One shard: decode its connections, spill (order key, item) records to ``out``."""
-    config = EngineConfig(**{**config.__dict__, "shard": (index, count)})
-    seq = 0
-    with open(out, "wb", buffering=1 << 20) as spill:
-        def record(item) -> None:
-            # one pickle per record: a shared Pickler would memoise every item it ever wrote
-            nonlocal seq
-            seq += 1
-            pickle.dump(((engine.table.clock, engine.table.emitting, seq), item), spill,
-                        protocol=pickle.HIGHEST_PROTOCOL)
+EVENT, FLOW = 0, 1
+#: Records a shard pickles at once: one pickle per record made the merging process
+#: spend most of its time in pickle.load.
+SPILL_BATCH = 1024
 
-        engine = Engine(config, record, record)
+
+def _run_shard(paths: list[Path], config: EngineConfig, index: int, count: int,
+               make_reducer, spill_path: str | None, prepare):
+    """One shard: decode its connections, fold them into its own aggregate, and spill
+    (order key, kind, prepared item) records to ``spill_path`` for the ordered merge."""
+    config = EngineConfig(**{**config.__dict__, "shard": (index, count)})
+    reducer = make_reducer() if make_reducer is not None else None
+    if spill_path is None:
+        engine = Engine(config, *_sinks(reducer, None, None, None))
         for path in paths:
             engine.read_file(path)
-        return engine.finish()
+        return reducer, engine.finish()
+    batch: list[tuple] = []
+    with open(spill_path, "wb", buffering=1 << 20) as spill:
+        def recorder(kind: int):
+            def record(item) -> None:
+                # (packet, connection) orders the shards' records; one connection's records
+                # are all in one shard, already in order, so no tie needs a sequence number
+                batch.append(((engine.table.clock, engine.table.emitting), kind, item))
+                if len(batch) >= SPILL_BATCH:
+                    dump()
+            return record
+
+        def dump() -> None:
+            # one pickle per batch: a shared Pickler would memoise every item it ever wrote
+            pickle.dump(batch, spill, protocol=pickle.HIGHEST_PROTOCOL)
+            batch.clear()
+
+        engine = Engine(config, *_sinks(reducer, recorder(EVENT), recorder(FLOW), prepare))
+        for path in paths:
+            engine.read_file(path)
+        stats = engine.finish()
+        dump()
+        return reducer, stats
+
+
+def _shard_process(send, *args) -> None:
+    """Body of a forked shard: run it and send back (True, result) or (False, why)."""
+    try:
+        send.send((True, _run_shard(*args)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
+        send.send((False, f"{type(exc).__name__}: {exc}"))
+    finally:
+        send.close()
 
 
 def _records(path: str) -> Iterator[tuple]:
@@ -215,55 +291,58 @@ def _records(path: str) -> Iterator[tuple]:
         load = pickle.load
         while True:
             try:
-                yield load(spill)
+                yield from load(spill)
             except EOFError:
                 return
 
 
-def _analyze_parallel(paths: list[Path], on_event, on_flow, config: EngineConfig, jobs: int) -> dict:
+def _run_parallel(paths: list[Path], make_reducer, on_event, on_flow, prepare,
+                  config: EngineConfig, jobs: int):
+    """Fork one process per shard (forked, not pickled: ``prepare`` may be a closure),
+    collect their aggregates and merge their spilled items back into stream order."""
     for path in paths:  # fail early, in the parent, with the same error as one process
         CaptureReader(path).close()
+    streamed = on_event is not None or on_flow is not None
     ctx = multiprocessing.get_context("fork")
+    sys.stdout.flush()   # a child must not inherit (and flush again) what is buffered
+    sys.stderr.flush()
     with tempfile.TemporaryDirectory(prefix="otsec-shards-") as tmp:
-        spills = [f"{tmp}/shard-{i}.pickle" for i in range(jobs)]
-        with ctx.Pool(jobs) as pool:
-            stats = pool.starmap(_run_shard, [(paths, config, i, jobs, spills[i]) for i in range(jobs)])
-        for _key, item in heapq.merge(*map(_records, spills), key=lambda rec: rec[0]):
-            (on_event if isinstance(item, Event) else on_flow)(item)
-    return _merge_stats(stats)
-
-
-def reduce(paths: Iterable[str | Path], make_reducer: Callable, config: EngineConfig | None = None,
-           jobs: int = 1, progress: Callable[[int, int], None] | None = None):
-    """Fold the captures' events and flows into an aggregate and return (aggregate, stats).
-
-    ``make_reducer()`` builds an object with ``add_event``, ``add_flow`` and
-    ``merge(other)``. With ``jobs`` > 1 each shard folds its own connections and only the
-    aggregates travel back to be merged, so the parallel run scales with the cores
-    (shipping every event to one process instead would make that process the bottleneck).
-    """
-    paths = [Path(p) for p in paths]
-    if jobs <= 1:
-        reducer = make_reducer()
-        return reducer, analyze(paths, reducer.add_event, reducer.add_flow, config, progress)
-    for path in paths:
-        CaptureReader(path).close()
-    config = config or EngineConfig()
-    with multiprocessing.get_context("fork").Pool(jobs) as pool:
-        results = pool.starmap(_reduce_shard, [(paths, config, i, jobs, make_reducer) for i in range(jobs)])
+        spills = [f"{tmp}/shard-{i}.pickle" if streamed else None for i in range(jobs)]
+        workers = []
+        try:
+            for i in range(jobs):
+                receive, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_shard_process, daemon=True,
+                                   args=(send, paths, config, i, jobs, make_reducer, spills[i], prepare))
+                proc.start()
+                send.close()
+                workers.append((proc, receive))
+            results = [_result_of(proc, receive) for proc, receive in workers]
+        finally:
+            for proc, _ in workers:
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join()
+        if streamed:
+            deliver = (on_event or _ignore, on_flow or _ignore)
+            for _key, kind, item in heapq.merge(*map(_records, spills), key=lambda rec: rec[0]):
+                deliver[kind](item)
     reducer = results[0][0]
-    for other, _ in results[1:]:
-        reducer.merge(other)
+    if reducer is not None:
+        for other, _ in results[1:]:
+            reducer.merge(other)
     return reducer, _merge_stats([stats for _, stats in results])
 
 
-def _reduce_shard(paths: list[Path], config: EngineConfig, index: int, count: int, make_reducer):
-    reducer = make_reducer()
-    engine = Engine(EngineConfig(**{**config.__dict__, "shard": (index, count)}),
-                    reducer.add_event, reducer.add_flow)
-    for path in paths:
-        engine.read_file(path)
-    return reducer, engine.finish()
+def _result_of(proc, receive):
+    try:
+        ok, value = receive.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"a shard process ended without a result (exit code {proc.exitcode})") from None
+    if not ok:
+        raise RuntimeError(f"a shard process failed: {value}")
+    return value
 
 
 def _merge_stats(shards: list[dict]) -> dict:

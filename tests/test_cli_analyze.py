@@ -112,6 +112,25 @@ def test_jobs_give_the_same_output_as_one_process(tmp_path):
     assert json.loads(r1.stdout) == json.loads(r2.stdout)
 
 
+def test_jobs_store_the_same_database_as_one_process(tmp_path):
+    """With --db the workers build the rows of their own connections; the stored events
+    and flows are the same, in the same order, as one process stores."""
+    import sqlite3
+
+    captures = [ROOT / "pcaps" / "plant_normal.pcap", ROOT / "pcaps" / "plant_incident.pcap", SHOWCASE]
+    dumps = []
+    for jobs in ("1", "2"):
+        db = tmp_path / f"jobs{jobs}.db"
+        r = otsec("analyze", *captures, "--db", db, "--jobs", jobs)
+        assert r.returncode == 0, r.stderr
+        con = sqlite3.connect(db)
+        dumps.append([con.execute("SELECT * FROM events ORDER BY capture_id, seq").fetchall(),
+                      con.execute("SELECT * FROM flows ORDER BY rowid").fetchall(),
+                      con.execute("SELECT path, packets, first_ts, last_ts FROM captures ORDER BY id").fetchall()])
+        con.close()
+    assert dumps[0] == dumps[1] and len(dumps[0][0]) > 300 and len(dumps[0][1]) > 20
+
+
 def test_jobs_summary_only_equals_one_process():
     """Without --json/--db each process folds its own share and only summaries are merged."""
     captures = [ROOT / "pcaps" / "plant_normal.pcap", ROOT / "pcaps" / "plant_incident.pcap", SHOWCASE]

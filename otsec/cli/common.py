@@ -148,16 +148,17 @@ class _Progress:
 
 def run_engine(paths: list[Path], on_event: Callable[[Event], None] | None,
                on_flow: Callable[[Flow], None] | None, config: EngineConfig | None = None,
-               progress: bool = True, jobs: int = 1, reducer: Callable | None = None):
+               progress: bool = True, jobs: int = 1, reducer: Callable | None = None,
+               prepare: Callable | None = None):
     """Stream the captures through the engine and return its statistics, or with
-    ``reducer`` (see engine.reduce) the pair (aggregate, statistics). Unreadable input
-    becomes exit 2."""
+    ``reducer`` (see engine.reduce) the pair (aggregate, statistics); ``prepare`` as in
+    engine.analyze. Unreadable input becomes exit 2."""
     check_inputs(paths)
     try:
         with _Progress(paths, progress and jobs == 1) as bar:
             if reducer is not None:
-                return reduce(paths, reducer, config, jobs, bar.callback())
-            return analyze(paths, on_event, on_flow, config, bar.callback(), jobs)
+                return reduce(paths, reducer, config, jobs, bar.callback(), on_event, on_flow, prepare)
+            return analyze(paths, on_event, on_flow, config, bar.callback(), jobs, prepare)
     except CaptureError as exc:
         raise fail(str(exc)) from None
 

@@ -26,6 +26,7 @@ from otsec.cli.sensor import sensor
 from otsec.cli.common import (check_inputs, check_output, err, fail, open_database, parse_ports, report_damage,
                               run_engine)
 from otsec.engine import EngineConfig
+from otsec.model import Event
 from otsec.report.console import render_summary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -61,7 +62,6 @@ def analyze(
         raise fail("--json - and --format json would both write to stdout: send one of them to a file")
     config = EngineConfig(ports=parse_ports(port), max_flows=max_flows)
     check_output(json_out)
-    summary = Summary()
     out = None
     if json_out is not None:
         try:
@@ -69,27 +69,37 @@ def analyze(
         except OSError as exc:
             raise fail(f"{json_out}: cannot write: {exc.strerror or exc}") from None
     stored = open_capture_set(db, captures) if db is not None else None
+    if stored is not None:
+        from otsec.store.db import event_row, flow_row
 
-    def on_event(ev) -> None:
-        summary.add_event(ev)
-        if out is not None:
+    def prepare(item) -> tuple:
+        """What the outputs need of an event or flow, built where it is decoded (in a
+        --jobs worker): (capture, JSON line, database row)."""
+        if isinstance(item, Event):
+            line = json.dumps(item.to_dict(), separators=(",", ":"), default=str) + "\n" if out else None
+            return item.capture, line, event_row(item) if stored else None
+        return item.capture, None, flow_row(item) if stored else None
+
+    def on_event(prepared: tuple) -> None:
+        capture, line, row = prepared
+        if line is not None:
             try:
-                out.write(json.dumps(ev.to_dict(), separators=(",", ":"), default=str) + "\n")
+                out.write(line)
             except OSError as exc:  # a full disk: stop, the JSON lines would be incomplete
                 raise fail(f"{json_out}: cannot write: {exc.strerror or exc}") from None
-        if stored is not None:
-            stored.add_event(ev)
+        if row is not None:
+            stored.add_event_row(capture, row)
 
-    def on_flow(flow) -> None:
-        summary.add_flow(flow)
-        if stored is not None:
-            stored.add_flow(flow)
+    def on_flow(prepared: tuple) -> None:
+        capture, _, row = prepared
+        if row is not None:
+            stored.add_flow_row(capture, row)
 
-    if out is None and stored is None:
-        # only the summary is wanted: with --jobs each process folds its own share
-        summary, stats = run_engine(captures, None, None, config, progress, jobs, reducer=Summary)
-    else:
-        stats = run_engine(captures, on_event, on_flow, config, progress, jobs)
+    # with --jobs each process folds its own share of the summary and prepares the
+    # output of its own connections; this one only writes them out in order
+    streamed = out is not None or stored is not None
+    summary, stats = run_engine(captures, on_event if streamed else None, on_flow if stored else None,
+                                config, progress, jobs, reducer=Summary, prepare=prepare)
     if stored is not None:
         stored.finish(stats, datetime.now(timezone.utc).isoformat(timespec="seconds"))
     if out is not None and out is not sys.stdout:

@@ -102,9 +102,11 @@ def _json(value) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), default=str)
 
 
-def event_row(capture_id: int, seq: int, ev: Event) -> dict:
+def event_row(ev: Event) -> dict:
+    """An event as its database row, less the capture id and sequence number the writer adds
+    (built where the event is, in a --jobs worker; written where the capture's writer is)."""
     return {
-        "capture_id": capture_id, "seq": seq, "ts": ev.ts, "packet": ev.packet,
+        "ts": ev.ts, "packet": ev.packet,
         "flow_id": ev.flow_id, "src_ip": ev.src_ip, "src_port": ev.src_port,
         "src_mac": ev.src_mac, "dst_ip": ev.dst_ip, "dst_port": ev.dst_port,
         "dst_mac": ev.dst_mac, "protocol": ev.protocol, "kind": ev.kind,
@@ -115,10 +117,10 @@ def event_row(capture_id: int, seq: int, ev: Event) -> dict:
     }
 
 
-def flow_row(capture_id: int, flow: Flow) -> dict:
+def flow_row(flow: Flow) -> dict:
+    """A flow as its database row, less the capture id the writer adds."""
     row = flow.to_dict()
     del row["capture"]           # the row's capture_id says it
-    row["capture_id"] = capture_id
     row["initiator_known"] = int(flow.initiator_known)
     row["decoded"] = int(flow.decoded)
     row["anomalies"] = _json(flow.anomalies)
@@ -152,14 +154,16 @@ class CaptureWriter:
                 {"sha256": self.sha256, "path": self.path}).last_pk
         db["captures"].update(self.capture_id, {"analyzed_at": None})
 
-    def add_event(self, ev: Event) -> None:
+    def add_event_row(self, row: dict) -> None:
         self._seq += 1
-        self._events.append(event_row(self.capture_id, self._seq, ev))
+        row["capture_id"], row["seq"] = self.capture_id, self._seq
+        self._events.append(row)
         if len(self._events) >= self.BATCH:
             self._flush()
 
-    def add_flow(self, flow: Flow) -> None:
-        self._flows.append(flow_row(self.capture_id, flow))
+    def add_flow_row(self, row: dict) -> None:
+        row["capture_id"] = self.capture_id
+        self._flows.append(row)
         if len(self._flows) >= self.BATCH:
             self._flush()
 
@@ -190,10 +194,16 @@ class CaptureSet:
         self.writers = {str(p): CaptureWriter(db, p) for p in dict.fromkeys(paths)}
 
     def add_event(self, ev: Event) -> None:
-        self.writers[ev.capture].add_event(ev)
+        self.add_event_row(ev.capture, event_row(ev))
 
     def add_flow(self, flow: Flow) -> None:
-        self.writers[flow.capture].add_flow(flow)
+        self.add_flow_row(flow.capture, flow_row(flow))
+
+    def add_event_row(self, capture: str, row: dict) -> None:
+        self.writers[capture].add_event_row(row)
+
+    def add_flow_row(self, capture: str, row: dict) -> None:
+        self.writers[capture].add_flow_row(row)
 
     def finish(self, stats: dict, analyzed_at: str) -> list[int]:
         """Close every capture; returns their ids."""
