@@ -23,3 +23,18 @@ def test_benchmark_runs_and_counts_match_tshark():
     for tool in ("otsec analyze", "otsec check", "tshark -T fields", "dpkt decode loop"):
         assert tool in r.stdout
     assert r.stdout.count(" ok (tolerance") == 3, r.stdout
+
+
+def test_stage_profile_accounts_for_every_packet():
+    """bench/stages.py times each stage; its rows cover every packet of the capture once."""
+    capture = ROOT / "pcaps" / "plant_incident.pcap"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "stages.py"), str(capture),
+                        "--policy", str(ROOT / "policies" / "example-plant.yaml")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = {line[:44].strip(): line[44:].split() for line in r.stdout.splitlines() if line.startswith("engine: ")}
+    assert set(rows) == {"engine: new connection", "engine: no payload", "engine: payload, decoded connection",
+                         "engine: payload, not decoded", "engine: not TCP/UDP/IP"}
+    assert sum(int(v[0].replace(",", "")) for v in rows.values()) == 328   # packets in the capture
+    assert r.stdout.startswith("plant_incident.pcap: 328 packets, 131 events, 13 connections")
+    assert "ceiling with a compiled packet/flow/reassembly layer" in r.stdout
