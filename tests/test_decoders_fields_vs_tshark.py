@@ -4,8 +4,9 @@ The corpus tests compare counts per function; this one compares, packet by packe
 fields a detection relies on. tshark runs once per capture with ``-T fields`` (every
 occurrence of a field in a frame, in dissection order) and otsec's events are turned
 into the same per-frame lists, so several messages in one frame are compared in
-order. A message reassembled from several segments (TCP, COTP DT, OPC UA chunks) is
-compared at its last segment, where both tshark and otsec report it. Segments that
+order. A message reassembled from several segments (TCP, COTP DT, S7comm userdata data
+units, OPC UA chunks) is compared at its last segment, where both tshark and otsec report
+its contents. Segments that
 arrive behind a hole (lost or reordered) are compared at their own packet too: otsec
 reports each message queued behind the hole at the packet that carried its last byte,
 as tshark does, not at the packet that filled or gave up on the hole.
@@ -104,10 +105,36 @@ S7_FIELDS = ("s7comm.header.rosctr", "s7comm.param.func", "s7comm.param.itemcoun
              "s7comm.param.item.area", "s7comm.param.item.db", "s7comm.data.returncode",
              "s7comm.header.errcls", "s7comm.header.errcod", "s7comm.param.userdata.type",
              "s7comm.param.userdata.funcgroup", "s7comm.param.userdata.subfunc",
-             "s7comm.data.userdata.szl_id")
+             "s7comm.data.userdata.szl_id", "s7comm.varstat.item_count",
+             "s7comm.alarm.nr_objects", "s7comm.alarm.event_id", "s7comm.alarm.eventstate",
+             "s7comm.alarm.ack_state.going", "s7comm.alarm.ack_state.coming")
+#: Alarm message object key in otsec's detail -> tshark field.
+_S7_ALARM_OBJECT_FIELDS = {"event_id": "s7comm.alarm.event_id",
+                           "event_state": "s7comm.alarm.eventstate",
+                           "ack_state_going": "s7comm.alarm.ack_state.going",
+                           "ack_state_coming": "s7comm.alarm.ack_state.coming"}
 _S7_AREA_CODES = {short: code for code, (short, _) in s7.AREAS.items()}
 _S7_RC_CODES = {name: code for code, name in s7.RETURN_CODES.items()}
 _S7_UD_TYPE_CODES = {name: code for code, name in s7.UD_TYPES.items()}
+
+
+def _rc_code(name: str) -> int:
+    """A return code back from its name in detail ("Success", "Unknown (0x42)")."""
+    return _S7_RC_CODES.get(name) or int(name[-5:-1], 16)
+
+
+def _alarm_fields(alarm: dict, out: dict[str, object]) -> list[int]:
+    """Alarm message fields in tshark's order; returns its return codes in order."""
+    codes = [alarm["return_code"]] if "return_code" in alarm else []
+    if "object_count" in alarm:
+        out["s7comm.alarm.nr_objects"] = alarm["object_count"]
+    for obj in alarm.get("objects", ()):
+        codes += [obj["return_code"]] if "return_code" in obj else []
+        codes += obj.get("value_return_codes", [])
+        for key, f in _S7_ALARM_OBJECT_FIELDS.items():
+            if key in obj:
+                out[f] = (out[f] or []) + [obj[key]]
+    return codes
 
 
 def _s7_fields(ev) -> dict[str, object]:
@@ -125,7 +152,7 @@ def _s7_fields(ev) -> dict[str, object]:
         out["s7comm.param.item.area"] = [_S7_AREA_CODES[i["area"]] for i in items] or None
         out["s7comm.param.item.db"] = [i.get("db", 0) for i in items] or None
         codes = [v["return_code"] for v in d.get("values", ())]
-        codes += [_S7_RC_CODES[n] for n in d.get("item_return_codes", ())]
+        codes += [_rc_code(n) for n in d.get("item_return_codes", ())]
         out["s7comm.data.returncode"] = codes or None
     if rosctr == s7.ROSCTR_USERDATA:
         out["s7comm.param.userdata.type"] = _S7_UD_TYPE_CODES[d["type"]]
@@ -133,11 +160,14 @@ def _s7_fields(ev) -> dict[str, object]:
         if d["funcgroup"] != s7.UD_GROUP_MODE_TRANSITION:   # tshark shows the mode instead
             out["s7comm.param.userdata.subfunc"] = ev.function_code & 0xFF
         codes = [d["return_code"]] if "return_code" in d else []
+        codes += _alarm_fields(d.get("alarm", {}), out)
         codes += [v["return_code"] for v in d.get("values", ())]
-        codes += [_S7_RC_CODES[n] for n in d.get("item_return_codes", ())]
+        codes += [_rc_code(n) for n in d.get("item_return_codes", ())]
         out["s7comm.data.returncode"] = codes or None
         out["s7comm.data.userdata.szl_id"] = d.get("szl_id")
-        if d["funcgroup"] != s7.UD_GROUP_PROGRAMMER:        # tshark: s7comm.varstat.item_count
+        if d["funcgroup"] == s7.UD_GROUP_PROGRAMMER:        # TIS items have their own count
+            out["s7comm.varstat.item_count"] = d.get("item_count")
+        else:
             out["s7comm.param.itemcount"] = d.get("item_count")
         items = [i for i in d.get("items", ()) if "area" in i and "memory_area" not in i]
         out["s7comm.param.item.area"] = [_S7_AREA_CODES[i["area"]] for i in items] or None
@@ -178,24 +208,9 @@ PROTOCOLS = {
 _QD1 = "modbus/quickdraw_modbus_part1.pcap"
 _SWEEP = "modbus/quickdraw_modbus_part2_funcsweep.pcap"
 _MIXED = "mixed/iti_mb2_modbus_s7_enip.pcap"
-_SNAP7 = "s7comm/icsnpp_snap7_s300_everything.pcap"
-_CLOCK = "s7comm/iti_s7comm_read_set_plc_time.pcap"
-_VARTAB = "s7comm/iti_step7_s300_rwvartab.pcapng"
 _UA_ENC = "opcua/icsnpp_open62541_encrypted_basic128rsa15.pcap"
-_SZL_FRAGMENTS = ("a Read SZL answer in several userdata data units: otsec takes the SZL id from "
-                  "the first unit (its packet), tshark shows it on the reassembled answer (the "
-                  "packet of the last unit)")
-_TIS_PUSH = ("programmer-command push (result of a variable-table job): tshark lists the "
-             "return code of each TIS item; otsec keeps only the data part's return code")
 _UA_ENCRYPTED = ("MSG in a SignAndEncrypt channel: the sequence header is encrypted; tshark "
                  "prints the ciphertext as a request id, otsec reports none")
-_WINCC_300 = "s7comm/iti_wincc_s300_alarm_read_write.pcapng"
-_WINCC_400 = "s7comm/iti_wincc_s400_production.pcapng"
-_ALARM_QUERY = ("ALARM query answer: tshark lists a return code per message object as well; "
-                "otsec does not decode alarm contents and keeps the data part's return code")
-_ALARM_8 = ("ALARM_8 indication: tshark lists a return code per associated value as well; "
-            "otsec keeps only the data part's")
-_NOTIFY = "NOTIFY indication: same, a return code per associated value"
 
 #: (capture, frame) -> why otsec and tshark legitimately disagree there. Every entry
 #: was checked by hand against the bytes.
@@ -212,20 +227,11 @@ KNOWN_DIFFERENCES: dict[tuple[str, int], str] = {
                     "re-dissect retransmitted bytes",
     (_MIXED, 13176): "retransmission whose original was never captured (responses to tids "
                      "9824, 9825): only otsec decodes them",
-    (_SNAP7, 6): _SZL_FRAGMENTS, (_SNAP7, 8): _SZL_FRAGMENTS,
-    (_CLOCK, 16): _SZL_FRAGMENTS, (_CLOCK, 19): _SZL_FRAGMENTS,
-    (_VARTAB, 7): _TIS_PUSH, (_VARTAB, 15): _TIS_PUSH, (_VARTAB, 20): _TIS_PUSH,
-    (_VARTAB, 24): _TIS_PUSH,
     **{(_UA_ENC, frame): _UA_ENCRYPTED for frame in range(31, 52, 2)},
     ("modbus/zeek_modbus_fuzz72.pcap", 7):
         "packet 6 carries 2 bytes after its ADU; tshark prepends them to packet 7, reads "
         "length 0 and skips the FC 34 request (tid 0) there; otsec resynchronises and "
         "decodes it",
-    (_WINCC_300, 12): _ALARM_QUERY, (_WINCC_300, 14): _ALARM_QUERY,
-    (_WINCC_400, 18): _ALARM_QUERY, (_WINCC_400, 21): _ALARM_QUERY,
-    (_WINCC_400, 19): _ALARM_8, (_WINCC_400, 476): _ALARM_8,
-    **{(_WINCC_400, frame): _NOTIFY
-       for frame in (351, 352, 353, 437, 627, 630, 631, 692, 1322, 1325, 1327, 1497)},
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import subprocess
@@ -83,8 +84,76 @@ CYCLIC_SUB = tpkt(bytes.fromhex(
     "3207000055010008" "0014" "0001120411420500" "ff090010"
     "0001" "0102" "120a100200040007840000a0"))
 
+
+# --- Userdata contents from the corpus (tshark 4.0 shows the same fields per frame) ---
+UD_RESPONSE_HEAD = "000112081284"     # param head, len 8, method 0x12 (Res), type 8 group 4
+# ALARM query request (iti_wincc_s300_alarm_read_write frame 11): param 000112 len 4 method
+# 0x11 type 4 group 4 sub 19 (0x13) seq 0 | data rc ff size 09 len 12 | function 00, 1 object:
+# 12 len 8 syntax 1A (ALARM_QUERYREQ) | 00 | query type 1 (ByAlarmtype) | 34 | alarm type 4 (ALARM_S)
+ALARM_QUERY_REQ = tpkt(bytes.fromhex(
+    "32070000000100080010" "0001120411441300" "ff09000c" "0001" "12081a" "00" "01" "34" "00000004"))
+# ALARM query answer, nothing pending (frame 12): pduref 1, param len 12, data len 10 |
+# sub 19 seq 2, data unit 0, last unit 0 (yes), error 0 | rc ff size 09 len 6 |
+# function 00, 1 object, return code 0A (Object does not exist), size 0, complete length 0
+ALARM_QUERY_NONE = tpkt(bytes.fromhex(
+    "320700000001000c000a" + UD_RESPONSE_HEAD + "13020000" "0000" "ff090006" "0001" "0a" "00" "0000"))
+# ALARM query answer with 4 ALARM_8 alarms (iti_wincc_s400_production frame 18): rc ff size 09
+# len 54 | function 00, 1 | rc ff, size 09, complete length 48 | 4 objects of 12 bytes:
+# dataset len 0A, 0000, alarm type 2 (ALARM_8), event id, 00, event state, ack going, ack coming
+ALARM_QUERY_ALARM8 = tpkt(bytes.fromhex(
+    "320700000a00000c003a" + UD_RESPONSE_HEAD + "138a0000" "0000" "ff090036" "0001" "ff09" "0030"
+    "0a000002" "0000002f" "00" "00cfcf" "0a000002" "000000af" "00" "01fefe"
+    "0a000002" "000000bb" "00" "04fffb" "0a000002" "000000c2" "00" "30ffcf"))
+# ALARM_8 indication (push, sub 5) of event 0xAF (frame 19): param len 8, data len 74 |
+# rc ff size 09 len 70 | time 94-01-06 00:27:20.397 weekday 5 | function 40, 1 object:
+# 12 len 0A syntax 16 (ALARM_IND) | 8 associated values | event id 000000AF | event state 00,
+# state 00 | ack going FE, ack coming FE | 8 values: rc ff, size 04 (bits), 0010 (16 bits), 2 bytes
+ALARM8_IND = tpkt(bytes.fromhex(
+    "3207000000000008004a" "0001120411040500" "ff090046" "9401060027203975" "4001" "120a16"
+    "08" "000000af" "0000" "fefe" "ff0400100001" + "ff040010ffff" * 7))
+# NOTIFY indication (push, sub 6) of event 1 (frame 351): time, function 40, 1 object:
+# 12 0A 16 | 3 values | event id 00000001 | event state 01, state 00 | ack going 01, coming 01 |
+# values: rc ff size 04 length 0100 (256 bits = 32 bytes), then two of 0020 (32 bits = 4 bytes)
+NOTIFY_IND = tpkt(bytes.fromhex(
+    "3207000000000008004e" "0001120411040600" "ff09004a" "9401060047426975" "4001" "120a16"
+    "03" "00000001" "0100" "0101" "ff040100") + bytes(32)
+    + bytes.fromhex("ff04002000000000" "ff04002000000000"))
+# Programmer-command push, result of a Modify variable job (iti_step7_s300_rwvartab frame 7):
+# param len 12 | 000112 08 12 | type 0 group 1 (0x01) | sub 8 | seq 2 | unit 0, last 0, error 0 |
+# rc ff size 09 len 14 | TIS param size 4, data size 6 | param 0100 0002 | 3 items: ff ff ff | fill
+TIS_MODIFY_PUSH = tpkt(bytes.fromhex(
+    "32070000000000" "0c0012" "000112081201080200000000" "ff09000e" "0004" "0006" "01000002"
+    "0003" "ffffff" "00"))
+# Variable status push (frame 20): TIS param size 4, data size 18 | 2 items: rc ff, size 09
+# (octet string), length 6, value 4133851fdead | rc ff, size 09, length 1, value 02, fill 00
+TIS_STATUS_PUSH = tpkt(bytes.fromhex(
+    "32070000000000" "0c001e" "000112081201020200000000" "ff09001a" "0004" "0012" "01000001"
+    "0002" "ff0900064133851fdead" "ff0900010200"))
+# Read SZL 0x001C in two data units (icsnpp_snap7_s300_everything frames 6-8): the first
+# answer (pduref 0x0200, data unit ref D5, last unit 01 "No") starts with SZL id 001C, index 0,
+# record length 0x22, 10 records; the client asks for the rest (pduref 0x0300, type 4 with
+# method 0x12, rc 0A, no data); the last unit (ref D5, last 00) carries the other records.
+SZL_UNIT_1 = tpkt(bytes.fromhex(
+    "320700000200000c00da" "0001120812840102d5010000" "ff0900d6"
+    "001c00000022000a000153373330302f45543230304d2073746174696f6e5f3100000000000000000000"
+    "0002504c435f310000000000000000000000000000000000000000000000000000000003000000000000"
+    "000000000000000000000000000000000000000000000000000000044f726967696e616c205369656d65"
+    "6e732045717569706d656e7400000000000000055320432d423155333933313432303131000000000000"
+    "000000000000000000000007435055203331352d3220504e2f4450000000000000000000000000000000"
+    "00000008"))
+SZL_NEXT_REQ = tpkt(bytes.fromhex("320700000300000c00040001120812440102000000000a000000"))
+SZL_UNIT_2 = tpkt(bytes.fromhex(
+    "320700000300000c008a" "0001120812840102d5000000" "ff090086"
+    "4d4d4320344131414330313900000000000000000000000000000000000000000009002af60000010000"
+    "000000000000000000000000000000000000000000000000000a00000000000000000000000000000000"
+    "00000000000000000000000000000000000b000000000000000000000000000000000000000000000000"
+    "0000000000000000"))
+
+USERDATA_CONTENTS = [ALARM_QUERY_REQ, ALARM_QUERY_NONE, ALARM_QUERY_ALARM8, ALARM8_IND, NOTIFY_IND,
+                     TIS_MODIFY_PUSH, TIS_STATUS_PUSH, SZL_UNIT_1, SZL_NEXT_REQ, SZL_UNIT_2]
 ALL_MESSAGES = [COTP_CR, SETUP, READ_REQ, READ_RESP, WRITE_REQ, PLC_STOP, DOWNLOAD, SZL_RESP,
-                SET_CLOCK, PASSWORD, PLUS_STOP, PLUS_SESSION, MODIFY_VAR, CYCLIC_SUB]
+                SET_CLOCK, PASSWORD, PLUS_STOP, PLUS_SESSION, MODIFY_VAR, CYCLIC_SUB,
+                *USERDATA_CONTENTS]
 
 
 def test_modify_variable_is_a_write_with_area_targets():
@@ -99,6 +168,206 @@ def test_cyclic_subscription_targets_its_items():
     ev = one(CYCLIC_SUB)
     assert (ev.function, ev.op_class, ev.detail["item_count"]) == ("Change driven transfer", "read", 1)
     assert ev.targets == [Target(kind="area", area="DB", db=7, start=20, count=4)]
+
+
+def _alarm_codes(ev) -> list[int]:
+    """Return codes of an alarm message in wire order (as tshark lists them)."""
+    alarm = ev.detail.get("alarm", {})
+    codes = [alarm["return_code"]] if "return_code" in alarm else []
+    for obj in alarm.get("objects", ()):
+        codes += [obj["return_code"]] if "return_code" in obj else []
+        codes += obj.get("value_return_codes", [])
+    return codes
+
+
+def test_alarm_query_request_names_the_alarm_type():
+    ev = one(ALARM_QUERY_REQ)
+    assert (ev.function, ev.kind, ev.function_code) == ("ALARM query", "request", 0x0413)
+    assert ev.detail["alarm"] == {"function": 0, "object_count": 1, "objects": [
+        {"syntax_id": "ALARM_QUERYREQ", "query_type": "ByAlarmtype", "alarm_type": "ALARM_S"}]}
+    json.dumps(ev.to_dict())
+
+
+def test_alarm_query_answer_without_alarms():
+    state = D.new_state()
+    one(ALARM_QUERY_REQ, True, state)
+    ev = one(ALARM_QUERY_NONE, False, state)
+    assert (ev.kind, ev.result, ev.detail["return_code"]) == ("response", "ok", 0xFF)
+    # the answer's own return code 0x0A: no alarm of that type is pending (not a failure)
+    assert ev.detail["alarm"] == {"function": 0, "object_count": 1, "return_code": 0x0A}
+    assert _alarm_codes(ev) == [0x0A]
+
+
+def test_alarm_query_answer_lists_pending_alarms():
+    ev = one(ALARM_QUERY_ALARM8, False)
+    alarm = ev.detail["alarm"]
+    assert (alarm["return_code"], alarm["object_count"]) == (0xFF, 1)
+    assert [(o["alarm_type"], o["event_id"], o["event_state"], o["ack_state_going"],
+             o["ack_state_coming"]) for o in alarm["objects"]] == [
+        ("ALARM_8", 0x2F, 0x00, 0xCF, 0xCF), ("ALARM_8", 0xAF, 0x01, 0xFE, 0xFE),
+        ("ALARM_8", 0xBB, 0x04, 0xFF, 0xFB), ("ALARM_8", 0xC2, 0x30, 0xFF, 0xCF)]
+    assert _alarm_codes(ev) == [0xFF] and ev.anomalies == []
+
+
+def test_alarm_query_answer_alarm_s_objects_carry_times_and_values():
+    # rc ff size 09 len 46 | function 00, 1 | rc ff, size 09, complete length 40 | object:
+    # 0A 0000 | type 4 (ALARM_S) | event id 0x42 | 00 | event state 01, going 00, coming 01 |
+    # coming 2026-11-23 10:15:30.000 | value ff 04 0010 1234 | going 10:16:00.000 | ff 04 0010 5678
+    msg = tpkt(bytes.fromhex(
+        "320700000b00000c0032" + UD_RESPONSE_HEAD + "13010000" "0000" "ff09002e" "0001" "ff09"
+        "0028" "0a000004" "00000042" "00" "010001" "2611231015300005" "ff0400101234"
+        "2611231016000002" "ff0400105678"))
+    ev = one(msg, False)
+    assert ev.detail["alarm"]["objects"] == [{
+        "alarm_type": "ALARM_S", "event_id": 0x42, "event_state": 1, "ack_state_going": 0,
+        "ack_state_coming": 1, "timestamp_coming": "2026-11-23T10:15:30.000",
+        "timestamp_going": "2026-11-23T10:16:00.000", "value_return_codes": [0xFF, 0xFF]}]
+    assert ev.anomalies == []
+
+
+def test_alarm8_indication_event_states_and_associated_values():
+    ev = one(ALARM8_IND, False)
+    assert (ev.function, ev.kind, ev.op_class) == ("ALARM_8 indication", "notification",
+                                                   "diagnostic")
+    alarm = ev.detail["alarm"]
+    assert (alarm["timestamp"], alarm["function"], alarm["object_count"]) == (
+        "1994-01-06T00:27:20.397", 0x40, 1)
+    assert alarm["objects"] == [{
+        "syntax_id": "ALARM_IND", "event_id": 0xAF, "event_state": 0, "state": 0,
+        "ack_state_going": 0xFE, "ack_state_coming": 0xFE, "value_count": 8,
+        "value_return_codes": [0xFF] * 8}]
+    json.dumps(ev.to_dict())
+
+
+def test_notify_indication_values_of_different_lengths():
+    ev = one(NOTIFY_IND, False)
+    obj = ev.detail["alarm"]["objects"][0]
+    assert (ev.function, obj["event_id"], obj["event_state"], obj["value_count"]) == (
+        "NOTIFY indication", 1, 1, 3)
+    assert obj["value_return_codes"] == [0xFF] * 3 and ev.anomalies == []
+
+
+def test_alarm_ack_response_fails_on_an_object_return_code():
+    # ALARM ack (sub 0x0B) response: rc ff size 09 len 4 | function 09, 2 objects | ff, 0a
+    msg = tpkt(bytes.fromhex("320700000700000c0008" + UD_RESPONSE_HEAD + "0b010000" "0000"
+                             "ff090004" "0902" "ff0a"))
+    ev = one(msg, False)
+    assert ev.function == "ALARM ack"
+    assert ev.detail["alarm"]["objects"] == [{"return_code": 0xFF}, {"return_code": 0x0A}]
+    assert (ev.result, ev.status) == ("error", "Object does not exist (0x0a)")
+
+
+def test_alarm_objects_are_capped_and_the_rest_counted():
+    n = s7comm.MAX_ALARM_OBJECTS + 4
+    # ALARM_8 lock request (sub 7): function 0A, n objects 12 08 15 (ALARM_LOCKFREE) 00 id
+    content = bytes([0x0A, n]) + b"".join(bytes.fromhex("12081500") + i.to_bytes(4, "big")
+                                           for i in range(1, n + 1))
+    msg = tpkt(bytes.fromhex("3207000008000008") + (4 + len(content)).to_bytes(2, "big")
+               + bytes.fromhex("0001120411440700" "ff09") + len(content).to_bytes(2, "big")
+               + content)
+    alarm = one(msg).detail["alarm"]
+    assert [o["event_id"] for o in alarm["objects"]] == list(range(1, s7comm.MAX_ALARM_OBJECTS + 1))
+    assert alarm["objects_dropped"] == 4
+    # an ALARM query answer with n ALARM_8 objects: the same cap, counted while read
+    objects = b"".join(bytes.fromhex("0a000002") + i.to_bytes(4, "big") + bytes(4)
+                       for i in range(n))
+    content = bytes.fromhex("0001ff09") + len(objects).to_bytes(2, "big") + objects
+    answer = tpkt(bytes.fromhex("32070000090000" "0c") + (4 + len(content)).to_bytes(2, "big")
+                  + bytes.fromhex(UD_RESPONSE_HEAD + "13010000" "0000" "ff09")
+                  + len(content).to_bytes(2, "big") + content)
+    alarm = one(answer, False).detail["alarm"]
+    assert len(alarm["objects"]) == s7comm.MAX_ALARM_OBJECTS and alarm["objects_dropped"] == 4
+
+
+def test_tis_pushes_give_the_return_code_of_each_item():
+    ev = one(TIS_MODIFY_PUSH, False)
+    assert (ev.function, ev.kind, ev.detail["item_count"]) == ("Modify variable", "notification", 3)
+    assert ev.detail["item_return_codes"] == ["Success"] * 3
+    ev = one(TIS_STATUS_PUSH, False)
+    assert (ev.function, ev.detail["item_count"]) == ("Variable status", 2)
+    assert ev.detail["item_return_codes"] == ["Success"] * 2 and ev.anomalies == []
+    # the same Modify variable result with its second item refused
+    failed = one(tpkt(TIS_MODIFY_PUSH[7:].replace(bytes.fromhex("ffffff00"),
+                                                  bytes.fromhex("ff05ff00"))), False)
+    assert failed.detail["item_return_codes"] == ["Success", "Invalid address", "Success"]
+    assert (failed.result, failed.status) == ("error", "Invalid address (0x05)")
+
+
+def test_szl_answer_in_data_units_is_decoded_at_its_last_unit():
+    state = D.new_state()
+    first = one(SZL_UNIT_1, False, state)
+    assert (first.function, first.result, first.detail["data_unit_ref"]) == ("Read SZL", "ok", 0xD5)
+    assert first.detail["last_data_unit"] is False
+    assert "szl_id" not in first.detail and first.identity is None
+    follow_up = one(SZL_NEXT_REQ, True, state)
+    assert (follow_up.kind, follow_up.detail["return_code"]) == ("request", 0x0A)
+    last = one(SZL_UNIT_2, False, state)
+    assert (last.detail["szl_id"], last.detail["record_count"], last.op_class) == (
+        0x001C, 10, "identify")
+    assert last.targets == [Target(kind="szl", name="0x001c", start=0)]
+    # records of both units: the memory card serial is in the second one
+    assert last.identity == {
+        "vendor": "Siemens", "system_name": "S7300/ET200M station_1", "module_name": "PLC_1",
+        "copyright": "Original Siemens Equipment", "serial_number": "S C-B1U393142011",
+        "module_type": "CPU 315-2 PN/DP", "memory_card_serial": "MMC 4A1AC019"}
+    assert state.data_units == {}
+
+
+def test_single_data_unit_with_a_reference_is_decoded_alone():
+    # the SZL 0x0011 answer, data unit reference 5 and "last unit": nothing to wait for
+    ev = one(tpkt(SZL_RESP[7:].replace(bytes.fromhex("0100" "00000000"),
+                                       bytes.fromhex("0100" "05000000"), 1)), False)
+    assert (ev.detail["data_unit_ref"], ev.detail["szl_id"]) == (5, 0x0011)
+    assert ev.identity["order_number"] == "6ES7 315-2EH14-0AB0"
+
+
+def _szl_unit(ref: int, more: bool, payload: bytes) -> bytes:
+    """A Read SZL answer data unit: header, param with data unit ref/last unit, data."""
+    return tpkt(bytes.fromhex("32070000020000" "0c") + (4 + len(payload)).to_bytes(2, "big")
+                + bytes.fromhex(UD_RESPONSE_HEAD + "0102") + bytes([ref, int(more)])
+                + bytes(2) + bytes.fromhex("ff09") + len(payload).to_bytes(2, "big") + payload)
+
+
+def test_data_unit_reassembly_is_bounded():
+    state = D.new_state()
+    for ref in range(1, s7comm.MAX_DATA_UNIT_ANSWERS + 4):
+        one(_szl_unit(ref, True, bytes(8)), False, state)
+        assert len(state.data_units) <= s7comm.MAX_DATA_UNIT_ANSWERS
+    state = D.new_state()
+    unit = _szl_unit(9, True, bytes(1000))
+    events = [one(unit, False, state) for _ in range(s7comm.MAX_DATA_UNIT_BYTES // 1000 + 1)]
+    assert [e.anomalies for e in events if e.anomalies] == [["s7comm.reassembly_overflow"]]
+    assert events[-1].anomalies and state.data_units == {}
+
+
+def _cut_content(msg: bytes, n: int) -> bytes:
+    """The userdata PDU of ``msg`` with its data content cut to ``n`` bytes, every length
+    field (data length, data item length) made to agree, so the cut reaches the parsers."""
+    pdu = msg[7:]
+    plen = int.from_bytes(pdu[6:8], "big")
+    data = pdu[10 + plen:]
+    return tpkt(pdu[:8] + (4 + n).to_bytes(2, "big") + pdu[10:10 + plen] + data[:2]
+                + n.to_bytes(2, "big") + data[4:4 + n])
+
+
+def _contents(ev) -> tuple:
+    return ev.detail.get("alarm"), ev.detail.get("item_return_codes"), _alarm_codes(ev)
+
+
+@pytest.mark.parametrize("msg", [ALARM_QUERY_REQ, ALARM_QUERY_NONE, ALARM_QUERY_ALARM8, ALARM8_IND,
+                                 NOTIFY_IND, TIS_MODIFY_PUSH, TIS_STATUS_PUSH])
+def test_every_prefix_of_userdata_contents_is_flagged_when_it_loses_anything(msg):
+    full = one(msg, False)
+    assert full.anomalies == []
+    size = int.from_bytes(msg[7 + 10 + int.from_bytes(msg[13:15], "big") + 2:][:2], "big")
+    for n in range(1, size):
+        ev = one(_cut_content(msg, n), False)
+        assert set(ev.anomalies) <= {"s7comm.truncated_pdu"}, n
+        codes = _alarm_codes(ev)
+        assert codes == _alarm_codes(full)[:len(codes)], n      # what was read is kept
+        if _contents(ev) != _contents(full):
+            assert ev.anomalies == ["s7comm.truncated_pdu"], n
+        json.dumps(ev.to_dict())
 
 
 def test_cotp_connect_request_tsaps_and_rack_slot():
@@ -348,3 +617,20 @@ def test_fuzz_mutated_messages(msg, data):
     state = D.new_state()
     for direction in (True, False, True):
         _check(D.decode(bytes(mutated), direction, state))
+
+
+@settings(max_examples=250, deadline=None)
+@given(st.lists(st.sampled_from(USERDATA_CONTENTS), min_size=1, max_size=6), st.data())
+def test_fuzz_mutated_userdata_sequences(msgs, data):
+    """Alarm, TIS and SZL data-unit messages mutated inside their data part and fed in turn
+    to one connection state: only anomaly flags, JSON-safe details, bounded state."""
+    state = D.new_state()
+    for msg in msgs:
+        mutated = bytearray(msg)
+        for _ in range(data.draw(st.integers(1, 4))):
+            mutated[data.draw(st.integers(17, len(msg) - 1))] = data.draw(st.integers(0, 255))
+        for ev in D.decode(bytes(mutated), data.draw(st.booleans()), state):
+            assert ev.op_class in OP_CLASSES
+            json.dumps(ev.to_dict())
+            assert len(ev.detail.get("alarm", {}).get("objects", ())) <= s7comm.MAX_ALARM_OBJECTS
+        assert len(state.data_units) <= s7comm.MAX_DATA_UNIT_ANSWERS

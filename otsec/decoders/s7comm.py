@@ -19,8 +19,19 @@ S7comm PDU (one COTP TSDU)::
       block functions: ... | filename length | "_0A00001P" (file id, block type, number, filesystem)
       PI-Service: function | 7 bytes | param block length(2) | param block | name length | name
     Userdata param: 00 01 12 | param len | method | type<<4 | group | subfunction | sequence
-                    [| data unit ref | last data unit | error code(2)]
+                    [| data unit ref | last data unit | error code(2)]   (method 0x12 only)
       data: return code | transport size | length(2) | payload (e.g. SZL id, index, records)
+      an answer longer than a PDU: payloads of the units with one data unit ref, reassembled
+      until "last data unit" is 0x00 (Yes), decoded then
+      alarm message (CPU functions): [S7 time(8)] | function | object count | objects
+        request/push object: 0x12 | len | syntax id | values n | event id(4) | states |
+                             n Read Var style data items (associated values)
+        response object:     return code
+        ALARM query answer:  0x00 | count | return code | size | complete length(2) |
+                             objects: len | 2 | alarm type | event id(4) | 1 | event state |
+                             ack going | ack coming [| time | value | time | value (ALARM_S)]
+      TIS (programmer commands): param size(2) | data size(2) | params | item count(2) | items
+        push answering Variable status: data items; Modify variable/Force: return codes
 
 Names of functions, areas, return codes, userdata groups and subfunctions are Wireshark's.
 Operation classes: see docs/protocols/s7comm.md.
@@ -378,8 +389,11 @@ UD_GROUP_CYCLIC = 2
 #: responses and pushes carry the values (item count, then Read Var style data items).
 CYCLIC_SUBSCRIBE = frozenset({1, 5, 7})
 #: Programmer-command subfunctions whose request lists variable addresses (TIS data):
-#: Variable status (read) and Modify variable (write, e.g. from a STEP 7 variable table).
-SUB_VARIABLE_STATUS, SUB_MODIFY_VARIABLE = 2, 8
+#: Variable status (read), Modify variable and Force (write, e.g. from a STEP 7 variable
+#: table). Their pushes answer the job: Variable status one data item per address (the
+#: values read), Modify variable and Force one return-code byte per address.
+SUB_VARIABLE_STATUS, SUB_MODIFY_VARIABLE, SUB_FORCE = 2, 8, 9
+_TIS_VARIABLE_JOBS = frozenset({SUB_VARIABLE_STATUS, SUB_MODIFY_VARIABLE, SUB_FORCE})
 #: TIS variable address item: memory area, repetition factor (bit number for X areas),
 #: DB number, start byte (element number for timers and counters).
 _TIS_ITEM = struct.Struct(">BBHH")
@@ -398,6 +412,53 @@ SZL_0011_RECORD_LEN = 28
 SZL_0011_ORDER_NUMBER = 1
 SZL_0011_FIRMWARE = 7
 
+UD_PUSH, UD_REQUEST, UD_RESPONSE = 0, 4, 8
+#: Userdata parameter method 0x12 ("Res"): the parameter goes on with data unit reference,
+#: last data unit and error code (12 bytes in all), as in answers and multi-unit pushes.
+UD_METHOD_EXTENDED = 0x12
+UD_EXTENDED_PARAM_LEN = 12
+#: Groups whose data units are reassembled by data unit reference (Wireshark's default);
+#: PBC BSEND/BRECV (6) and NC programming (15) key their fragments differently and their
+#: contents are not decoded here.
+_OWN_FRAGMENT_GROUPS = frozenset({6, 15})
+#: CPU-function subfunctions whose data is an alarm message (Wireshark:
+#: s7comm_decode_ud_cpu_alarm_main): [time] | function | object count | objects. Requests
+#: and pushes describe each object by a variable specification (12 len syntax id ...),
+#: responses give one return code per object. ALARM query answers have their own layout.
+SUB_ALARM_QUERY = 19
+SUB_SCAN_IND = 9
+ALARM_SUBFUNCTIONS = frozenset({5, 6, 7, 8, SUB_SCAN_IND, 11, 12, 13, 14, 17, 18,
+                                SUB_ALARM_QUERY, 22})
+#: Indications that start with the time the message came (8-byte S7 timestamp): ALARM_8,
+#: NOTIFY, ALARM ack, ALARM_SQ, ALARM_S, NOTIFY_8. SCAN has 2 bytes before and after it.
+_TIMED_ALARMS = frozenset({5, 6, 12, 17, 18, 22})
+S7_TIMESTAMP_LEN = 8
+SYNTAX_ALARM_LOCKFREE, SYNTAX_ALARM_IND, SYNTAX_ALARM_ACK = 0x15, 0x16, 0x19
+SYNTAX_ALARM_QUERYREQ, SYNTAX_NOTIFY_IND = 0x1A, 0x1C
+#: Message-object syntax ids that name an event: associated value count, event id, then
+#: states (event state and state for IND/NOTIFY, ack states for IND/ACK/NOTIFY, four
+#: event bytes for NOTIFY), then the associated values (IND/NOTIFY) as Read Var data items.
+_EVENT_SYNTAXES = frozenset({SYNTAX_ALARM_LOCKFREE, SYNTAX_ALARM_IND, SYNTAX_ALARM_ACK,
+                             SYNTAX_NOTIFY_IND})
+_SIGNAL_SYNTAXES = frozenset({SYNTAX_ALARM_IND, SYNTAX_NOTIFY_IND})
+_ACK_SYNTAXES = frozenset({SYNTAX_ALARM_IND, SYNTAX_ALARM_ACK, SYNTAX_NOTIFY_IND})
+#: ALARM query: query type -> Wireshark name; alarm type of a query or an answer object.
+ALARM_QUERY_TYPES = {1: "ByAlarmtype", 3: "ByEventID"}
+QUERY_BY_ALARM_TYPE, QUERY_BY_EVENT_ID = 1, 3
+ALARM_TYPES = {1: "SCAN", 2: "ALARM_8", 4: "ALARM_S"}
+ALARM_TYPE_S = 4              # answer objects of ALARM_S carry times and associated values
+#: ALARM query answer object: dataset length, 2 unknown bytes, alarm type, event id, 1
+#: unknown byte, event state, ack state going, ack state coming.
+_QUERY_OBJECT = struct.Struct(">xxxBIxBBB")
+#: Event object head after the syntax id: associated value count, event id.
+_EVENT_HEAD = struct.Struct(">BI")
+#: Data item head: return code, transport size, length.
+_ITEM_HEAD = struct.Struct(">BBH")
+#: TIS data items count their length in bits for these transport sizes (BYTE/WORD/DWORD,
+#: INTEGER), rounded down, and pad every odd-length value (Wireshark's tis_item_value).
+_TIS_BIT_LENGTH_SIZES = frozenset({0x04, 0x05})
+COMPLETE_LENGTH_UNKNOWN = 0xFFFF
+
 MAX_TSDU_BYTES = 65536        # reassembled COTP TSDU, per direction
 MAX_TSDU_FRAGMENTS = 128      # DT TPDUs per TSDU
 MAX_DETAIL_ITEMS = 32         # items described in detail / turned into targets
@@ -405,6 +466,9 @@ MAX_VALUE_BYTES = 16          # bytes of each written value kept (hex) in detail
 MAX_PENDING = 64              # outstanding jobs/userdata requests remembered per connection
 MAX_UPLOADS = 16              # upload ids mapped to their block per connection
 MAX_TEXT = 64                 # characters kept from PI arguments and similar strings
+MAX_ALARM_OBJECTS = 16        # message objects described per alarm message (rest counted)
+MAX_DATA_UNIT_BYTES = 65536   # one userdata answer reassembled from its data units
+MAX_DATA_UNIT_ANSWERS = 8     # userdata answers being reassembled per connection
 
 # Per-byte lookup tables built once from the name tables above, so that the hot path
 # never formats the fallback text of a code that has a name.
@@ -418,7 +482,8 @@ _UD_GROUP_NAMES = tuple(UD_GROUPS.get(g, f"0x{g:x}") for g in range(16))
 
 @dataclass(slots=True)
 class _Tsdu:
-    """COTP DT fragments of one direction awaiting the end-of-TSDU fragment."""
+    """Fragments awaiting their last one: COTP DT of one direction (until end of TSDU) or
+    the data units of one userdata answer (until the last data unit)."""
     parts: list[bytes] = field(default_factory=list)
     size: int = 0
 
@@ -429,6 +494,7 @@ class S7State:
     tsdu: dict[bool, _Tsdu] = field(default_factory=dict)          # by from_client
     pending: dict[tuple, tuple] = field(default_factory=dict)      # pair key -> request facts
     uploads: dict[int, Target] = field(default_factory=dict)       # upload id -> block
+    data_units: dict[tuple, _Tsdu] = field(default_factory=dict)   # (from_client, ref) -> parts
     plus: PlusState = field(default_factory=PlusState)
 
 
@@ -640,9 +706,7 @@ def _job_parameters(ev: Event, func: int, param: bytes, data: bytes, state: S7St
         items = _param_items(param, count, ev)
         ev.detail["items"] = items
         if func == F_WRITE_VAR:
-            values = _data_items(data, count)
-            ev.detail["values"] = [{"return_code": rc, "transport_size": ts, "length": ln,
-                                    "value": val} for rc, ts, ln, val in values[:MAX_DETAIL_ITEMS]]
+            ev.detail["values"] = _value_details(_data_items(data, count)[0])
     elif func in _FILENAME_FUNCTIONS:
         name = param[9:9 + param[8]].decode("latin-1")
         ev.targets.append(_block_target(name, ev))
@@ -724,15 +788,15 @@ def _dbread_item(param: bytes, at: int, end: int, item: dict, ev: Event) -> None
         pos += 5
 
 
-def _data_items(data: bytes, count: int) -> list[tuple]:
-    """Data items -> (return code, transport size, length in bytes, value hex prefix).
+def _data_items(data: bytes, count: int, pos: int = 0) -> tuple[list[tuple], int]:
+    """Data items from ``pos`` -> ([(return code, transport size, length in bytes, value
+    hex prefix)], position after them).
 
     Items are padded to an even length except the last one.
     """
     out = []
-    pos = 0
     for i in range(count):
-        rc, tsize, length = struct.unpack_from(">BBH", data, pos)
+        rc, tsize, length = _ITEM_HEAD.unpack_from(data, pos)
         nbytes = (length + 7) // 8 if tsize in _BIT_LENGTH_SIZES else length
         if rc not in _RC_WITH_DATA:
             nbytes = 0                      # a failed item carries no value, whatever its length
@@ -740,7 +804,7 @@ def _data_items(data: bytes, count: int) -> list[tuple]:
             raise IndexError("data item cut")
         out.append((rc, tsize, nbytes, data[pos + 4:pos + 4 + min(nbytes, MAX_VALUE_BYTES)].hex()))
         pos += 4 + nbytes + (nbytes & 1 if i < count - 1 else 0)
-    return out
+    return out, pos
 
 
 def _block_target(filename: str, ev: Event) -> Target:
@@ -802,7 +866,7 @@ def _decode_ack(ev: Event, p: bytes, param: bytes, data: bytes, key: tuple,
     if func in (F_READ_VAR, F_WRITE_VAR):
         count = ev.detail["item_count"] = param[1]
         if func == F_READ_VAR:
-            codes = [rc for rc, _, _, _ in _data_items(data, count)]
+            codes = [rc for rc, _, _, _ in _data_items(data, count)[0]]
         else:
             codes = list(data[:count])
         _item_results(ev, codes)
@@ -823,8 +887,12 @@ def _error_status(err_class: int, err_code: int) -> str:
 
 
 def _item_results(ev: Event, codes: list[int]) -> None:
-    names = [_RC_NAMES[rc] for rc in codes]
-    ev.detail["item_return_codes"] = names[:MAX_DETAIL_ITEMS]
+    ev.detail["item_return_codes"] = [_RC_NAMES[rc] for rc in codes[:MAX_DETAIL_ITEMS]]
+    _fail_on(ev, codes)
+
+
+def _fail_on(ev: Event, codes: list[int]) -> None:
+    """Any return code other than Success makes the result an error, the first one named."""
     failed = [f"{RETURN_CODES.get(rc, 'Unknown')} (0x{rc:02x})" for rc in codes if rc != RC_SUCCESS]
     if failed:
         ev.result = "error"
@@ -835,7 +903,6 @@ def _item_results(ev: Event, codes: list[int]) -> None:
 
 def _decode_userdata(ev: Event, param: bytes, data: bytes, from_client: bool, pdu_ref: int,
                      state: S7State) -> None:
-    plen = param[3]
     ud_type, group, sub, seq = param[5] >> 4, param[5] & 0x0F, param[6], param[7]
     ev.kind = _UD_KIND.get(ud_type, "notification")
     detail = ev.detail
@@ -856,69 +923,110 @@ def _decode_userdata(ev: Event, param: bytes, data: bytes, from_client: bool, pd
     if rc is not None:
         detail["return_code"] = rc
     payload = data[4:4 + (data[2] << 8 | data[3])] if len(data) >= 4 else b""
-    if group == UD_GROUP_CYCLIC and sub in CYCLIC_SUBSCRIBE and ev.kind != "request" \
-            and rc == RC_SUCCESS and len(payload) >= 2:
-        _cyclic_values(ev, payload)
-    if ev.kind == "notification":
-        return
-    requester_is_client = from_client if ev.kind == "request" else not from_client
-    ev.pair_key = ("s7comm-ud", requester_is_client, pdu_ref, group, sub)
-    if ev.kind == "request":
-        _ud_request(ev, group, sub, payload, state)
-    else:
-        request = state.pending.pop(ev.pair_key, None)
-        error = int.from_bytes(param[10:12], "big") if plen >= 8 else 0
-        ev.result = "ok"
-        if error:
-            ev.result = "error"
-            ev.status = _error_status(error >> 8, error & 0xFF)
-        elif rc is not None and rc != RC_SUCCESS:
-            ev.result = "error"
-            ev.status = f"{RETURN_CODES.get(rc, 'Unknown')} (0x{rc:02x})"
-        if request is not None:
-            ev.op_class, ev.targets = request[2], list(request[3])
-        if group == UD_GROUP_CPU and sub == SUB_READ_SZL and ev.result == "ok" \
-                and (request is None or request[4]):
-            _szl_response(ev, payload)
-        if group == UD_GROUP_SECURITY:
-            ev.detail["password_accepted"] = ev.result == "ok"
+    extended = param[4] == UD_METHOD_EXTENDED and len(param) >= UD_EXTENDED_PARAM_LEN
+    if extended and (param[8] or param[9]) and group not in _OWN_FRAGMENT_GROUPS:
+        payload = _data_unit(ev, param[8], param[9], payload, from_client, state)
+    if ev.kind != "notification":
+        requester_is_client = from_client if ev.kind == "request" else not from_client
+        ev.pair_key = ("s7comm-ud", requester_is_client, pdu_ref, group, sub)
+        if ev.kind == "request":
+            _ud_request(ev, group, sub, payload, state)
+        else:
+            _ud_response(ev, param, extended, rc, state)
+    if payload:
+        _ud_contents(ev, ud_type, group, sub, rc, payload)
+
+
+def _data_unit(ev: Event, ref: int, more: int, piece: bytes, from_client: bool,
+               state: S7State) -> bytes:
+    """Userdata answers longer than a PDU come in data units sharing a reference number
+    (Last data unit 0x01 "No" until the last, 0x00 "Yes"). Their contents are decoded once,
+    reassembled, at the last unit, as Wireshark does: returns b"" until then. A last unit
+    whose earlier units were not seen is decoded alone, as Wireshark does too."""
+    ev.detail["data_unit_ref"] = ref
+    ev.detail["last_data_unit"] = not more
+    if not ref:
+        return b"" if more else piece
+    key = (from_client, ref)
+    units = state.data_units
+    pending = units.get(key)
+    if pending is None:
+        if not more:
+            return piece
+        pending = _Tsdu()
+        _remember(units, key, pending, MAX_DATA_UNIT_ANSWERS)
+    pending.parts.append(piece)
+    pending.size += len(piece)
+    if pending.size > MAX_DATA_UNIT_BYTES:
+        del units[key]
+        ev.anomalies.append("s7comm.reassembly_overflow")
+        return b""
+    if more:
+        return b""
+    del units[key]
+    return b"".join(pending.parts)
 
 
 def _ud_request(ev: Event, group: int, sub: int, payload: bytes, state: S7State) -> None:
-    first_szl = False
     if group == UD_GROUP_CPU and sub == SUB_READ_SZL and len(payload) >= 4:
         szl_id, index = struct.unpack_from(">HH", payload, 0)
         ev.targets.append(Target(kind="szl", name=f"0x{szl_id:04x}", start=index))
         ev.detail["szl_id"] = szl_id
         if szl_id & 0xFF in _IDENTIFY_SZL:
             ev.op_class = "identify"
-        first_szl = True
     elif group == UD_GROUP_CYCLIC and sub in CYCLIC_SUBSCRIBE and len(payload) >= 4:
         count = ev.detail["item_count"] = int.from_bytes(payload[0:2], "big")
         ev.detail["items"] = _param_items(payload[2:], count, ev)
-    elif group == UD_GROUP_PROGRAMMER and sub in (SUB_VARIABLE_STATUS, SUB_MODIFY_VARIABLE):
-        _tis_items(ev, payload, sub == SUB_MODIFY_VARIABLE)
+    elif group == UD_GROUP_PROGRAMMER and sub in _TIS_VARIABLE_JOBS:
+        _tis_items(ev, payload, sub != SUB_VARIABLE_STATUS)
     elif group == UD_GROUP_SECURITY:
         ev.detail["password_attempt"] = True      # the (weakly obfuscated) password is never kept
-    _remember(state.pending, ev.pair_key,
-              (ev.function_code, ev.function, ev.op_class, ev.targets, first_szl), MAX_PENDING)
+    _remember(state.pending, ev.pair_key, (ev.function_code, ev.function, ev.op_class, ev.targets),
+              MAX_PENDING)
 
 
-def _cyclic_values(ev: Event, payload: bytes) -> None:
-    """Item count and per-item return codes of cyclic data; a cut item list is flagged
-    without losing the pairing done after it."""
-    count = ev.detail["item_count"] = int.from_bytes(payload[0:2], "big")
+def _ud_response(ev: Event, param: bytes, extended: bool, rc: int | None,
+                 state: S7State) -> None:
+    request = state.pending.pop(ev.pair_key, None)
+    error = int.from_bytes(param[10:12], "big") if extended else 0
+    ev.result = "ok"
+    if error:
+        ev.result = "error"
+        ev.status = _error_status(error >> 8, error & 0xFF)
+    elif rc is not None and rc != RC_SUCCESS:
+        ev.result = "error"
+        ev.status = f"{RETURN_CODES.get(rc, 'Unknown')} (0x{rc:02x})"
+    if request is not None:
+        ev.op_class, ev.targets = request[2], list(request[3])
+    if ev.function_code >> 8 == UD_GROUP_SECURITY:
+        ev.detail["password_accepted"] = ev.result == "ok"
+
+
+def _ud_contents(ev: Event, ud_type: int, group: int, sub: int, rc: int | None,
+                 payload: bytes) -> None:
+    """Contents of a whole message (one data unit, or the reassembled answer at its last):
+    SZL answers, alarm messages, cyclic values, TIS pushes. A cut structure is flagged and
+    what was read before the cut is kept."""
     try:
-        codes = [code for code, _, _, _ in _data_items(payload[2:], count)]
-    except (IndexError, struct.error):
+        if group == UD_GROUP_CPU:
+            if sub == SUB_READ_SZL and ev.kind == "response" and ev.result == "ok":
+                _szl_response(ev, payload)
+            elif sub in ALARM_SUBFUNCTIONS:
+                _alarm_message(ev, ud_type, sub, payload)
+        elif group == UD_GROUP_CYCLIC:
+            if sub in CYCLIC_SUBSCRIBE and ev.kind != "request" and rc == RC_SUCCESS \
+                    and len(payload) >= 2:
+                count = ev.detail["item_count"] = int.from_bytes(payload[0:2], "big")
+                _item_results(ev, [code for code, _, _, _ in _data_items(payload, count, 2)[0]])
+        elif group == UD_GROUP_PROGRAMMER and ud_type == UD_PUSH and sub in _TIS_VARIABLE_JOBS:
+            _tis_push(ev, sub, payload)
+    except (IndexError, ValueError, struct.error):
         ev.anomalies.append("s7comm.truncated_pdu")
-        return
-    ev.detail["item_return_codes"] = [_RC_NAMES[code] for code in codes[:MAX_DETAIL_ITEMS]]
 
 
 def _tis_items(ev: Event, payload: bytes, writes: bool) -> None:
     """TIS request: parameter size, data size, parameters, item count, address items,
-    then (Modify variable) one data item per address with the value written."""
+    then (Modify variable, Force) one data item per address with the value written."""
     param_size = int.from_bytes(payload[0:2], "big")
     at = 4 + param_size
     count = int.from_bytes(payload[at:at + 2], "big")
@@ -951,20 +1059,194 @@ def _tis_items(ev: Event, payload: bytes, writes: bool) -> None:
             ev.targets.append(target)
     ev.detail["items"] = items
     if writes:
-        values = _data_items(payload[at:], count)
-        ev.detail["values"] = [{"return_code": rc, "transport_size": ts, "length": ln,
-                                "value": val} for rc, ts, ln, val in values[:MAX_DETAIL_ITEMS]]
+        ev.detail["values"] = _value_details(_tis_values(payload, at, count)[0])
+
+
+def _value_details(values: list[tuple]) -> list[dict]:
+    return [{"return_code": rc, "transport_size": ts, "length": ln, "value": val}
+            for rc, ts, ln, val in values[:MAX_DETAIL_ITEMS]]
+
+
+def _tis_values(data: bytes, pos: int, count: int) -> tuple[list[tuple], int]:
+    """TIS data items (Wireshark's tis_item_value) -> like :func:`_data_items`. Unlike Read
+    Var items, only BYTE/WORD/DWORD and INTEGER lengths count bits (rounded down) and every
+    odd-length value is padded, the last one too."""
+    out = []
+    for _ in range(count):
+        rc, tsize, length = _ITEM_HEAD.unpack_from(data, pos)
+        nbytes = length >> 3 if tsize in _TIS_BIT_LENGTH_SIZES else length
+        if rc not in _RC_WITH_DATA:
+            nbytes = 0
+        if pos + 4 + nbytes > len(data):
+            raise IndexError("TIS data item cut")
+        out.append((rc, tsize, nbytes, data[pos + 4:pos + 4 + min(nbytes, MAX_VALUE_BYTES)].hex()))
+        pos += 4 + nbytes + (nbytes & 1)
+    return out, pos
+
+
+def _tis_push(ev: Event, sub: int, payload: bytes) -> None:
+    """Result of a variable-table job: parameter size, data size, parameters, item count,
+    then one data item (Variable status: the value read) or one return code byte (Modify
+    variable, Force) per address."""
+    param_size, data_size = struct.unpack_from(">HH", payload, 0)
+    if not data_size:
+        return
+    at = 4 + param_size
+    count = ev.detail["item_count"] = struct.unpack_from(">H", payload, at)[0]
+    at += 2
+    if sub == SUB_VARIABLE_STATUS:
+        codes = [code for code, _, _, _ in _tis_values(payload, at, count)[0]]
+    else:
+        codes = list(payload[at:at + count])
+        if len(codes) < count:
+            raise IndexError("TIS return codes cut")
+    _item_results(ev, codes)
+
+
+def _alarm_message(ev: Event, ud_type: int, sub: int, payload: bytes) -> None:
+    """Alarm message of the CPU functions group -> ``detail.alarm``. Requests and pushes
+    describe message objects (event id, signal and acknowledgement states, associated
+    values), responses give a return code per object; ALARM query answers list the alarms
+    that are pending."""
+    alarm: dict = {}
+    ev.detail["alarm"] = alarm             # set first: a cut message keeps what was read
+    if sub == SUB_ALARM_QUERY and ud_type == UD_RESPONSE:
+        _alarm_query_answer(alarm, payload)
+        return
+    at = 0
+    if sub == SUB_SCAN_IND:
+        at = 2
+    if sub == SUB_SCAN_IND or sub in _TIMED_ALARMS:
+        alarm["timestamp"] = _s7_time(payload, at)
+        at += S7_TIMESTAMP_LEN + (2 if sub == SUB_SCAN_IND else 0)
+    alarm["function"] = payload[at]
+    count = alarm["object_count"] = payload[at + 1]
+    at += 2
+    objects: list[dict] = []
+    alarm["objects"] = objects
+    if count > MAX_ALARM_OBJECTS:
+        alarm["objects_dropped"] = count - MAX_ALARM_OBJECTS
+    if ud_type == UD_RESPONSE:
+        codes = list(payload[at:at + min(count, MAX_ALARM_OBJECTS)])
+        objects += [{"return_code": code} for code in codes]
+        if len(codes) < min(count, MAX_ALARM_OBJECTS):
+            raise IndexError("alarm return codes cut")
+        _fail_on(ev, codes)
+    elif ud_type in (UD_REQUEST, UD_PUSH):
+        for _ in range(min(count, MAX_ALARM_OBJECTS)):
+            obj: dict = {}
+            objects.append(obj)
+            at = _alarm_object(payload, at, obj)
+
+
+def _alarm_object(payload: bytes, at: int, obj: dict) -> int:
+    """One message object of a request or push (12 | length | syntax id | ...) into ``obj``;
+    returns where the next one starts."""
+    spec_len, syntax = payload[at + 1], payload[at + 2]
+    obj["syntax_id"] = _SYNTAX_NAMES[syntax]
+    at += 3
+    if syntax in _EVENT_SYNTAXES:
+        nvalues, obj["event_id"] = _EVENT_HEAD.unpack_from(payload, at)
+        at += _EVENT_HEAD.size
+        if syntax in _SIGNAL_SYNTAXES:
+            obj["event_state"], obj["state"] = payload[at], payload[at + 1]
+            at += 2
+        if syntax in _ACK_SYNTAXES:
+            obj["ack_state_going"], obj["ack_state_coming"] = payload[at], payload[at + 1]
+            at += 2
+        if syntax == SYNTAX_NOTIFY_IND:
+            obj["event_going"], obj["event_coming"], obj["event_last_changed"] = \
+                payload[at], payload[at + 1], payload[at + 2]
+            at += 4
+        if syntax in _SIGNAL_SYNTAXES and nvalues:
+            obj["value_count"] = nvalues
+            values, at = _data_items(payload, nvalues, at)
+            obj["value_return_codes"] = [code for code, _, _, _ in values[:MAX_DETAIL_ITEMS]]
+    elif syntax == SYNTAX_ALARM_QUERYREQ:
+        query, value = struct.unpack_from(">xBxI", payload, at)
+        obj["query_type"] = ALARM_QUERY_TYPES.get(query, query)
+        if query == QUERY_BY_ALARM_TYPE:
+            obj["alarm_type"] = ALARM_TYPES.get(value, value)
+        elif query == QUERY_BY_EVENT_ID:
+            obj["event_id"] = value
+        at += 7
+    else:
+        at += max(spec_len - 1, 0)
+    return at
+
+
+def _alarm_query_answer(alarm: dict, payload: bytes) -> None:
+    """ALARM query answer: function 0, object count, return code, transport size, complete
+    length, then 12-byte objects (ALARM_S ones followed by the coming and going times, each
+    with one associated value) until the complete length is used up. A continuation unit
+    (first byte not 0) has no head: Wireshark reads its first byte as the length left."""
+    func = payload[0]
+    alarm["function"] = func
+    at, rc, remaining = 0, RC_SUCCESS, func
+    if func == 0:
+        count = alarm["object_count"] = payload[1]
+        if not count:
+            return
+        rc, remaining = payload[2], struct.unpack_from(">H", payload, 4)[0]
+        alarm["return_code"] = rc
+        at = 6
+        if remaining == COMPLETE_LENGTH_UNKNOWN:
+            remaining = 0
+    if rc != RC_SUCCESS:
+        return
+    objects: list[dict] = []
+    alarm["objects"] = objects
+    dropped = 0
+    while True:                      # at least one object, as Wireshark reads them
+        start = at
+        alarm_type, event_id, event_state, going, coming = _QUERY_OBJECT.unpack_from(payload, at)
+        at += _QUERY_OBJECT.size
+        obj = {"alarm_type": ALARM_TYPES.get(alarm_type, alarm_type), "event_id": event_id,
+               "event_state": event_state, "ack_state_going": going, "ack_state_coming": coming}
+        if alarm_type == ALARM_TYPE_S:
+            obj["timestamp_coming"] = _s7_time(payload, at)
+            (coming_value,), at = _data_items(payload, 1, at + S7_TIMESTAMP_LEN)
+            obj["timestamp_going"] = _s7_time(payload, at)
+            (going_value,), at = _data_items(payload, 1, at + S7_TIMESTAMP_LEN)
+            obj["value_return_codes"] = [coming_value[0], going_value[0]]
+        if len(objects) < MAX_ALARM_OBJECTS:
+            objects.append(obj)
+        else:
+            dropped += 1
+            alarm["objects_dropped"] = dropped
+        remaining -= at - start
+        if remaining <= 0:
+            return
+
+
+def _s7_time(b: bytes, at: int) -> str:
+    """8-byte S7 timestamp (BCD: year, month, day, hour, minute, second, 3 digits of
+    milliseconds, weekday) -> ``1994-01-06T00:27:20.397``; not BCD -> its hex."""
+    raw = b[at:at + S7_TIMESTAMP_LEN]
+    if len(raw) < S7_TIMESTAMP_LEN:
+        raise IndexError("S7 timestamp cut")
+    digits = raw.hex()
+    if not digits[:15].isdigit():
+        return digits
+    year = int(digits[0:2])
+    year += 1900 if year >= 90 else 2000
+    return (f"{year}-{digits[2:4]}-{digits[4:6]}T{digits[6:8]}:{digits[8:10]}:"
+            f"{digits[10:12]}.{digits[12:15]}")
 
 
 def _szl_response(ev: Event, payload: bytes) -> None:
-    """First SZL answer unit: id, index, record length and count, then identity records."""
+    """SZL answer (whole, or reassembled from its data units): id, index, record length and
+    count, then identity records. The last data unit answers a follow-up request that names
+    no SZL: the answer names it."""
     if len(payload) < 8:
         return
     szl_id, index, rec_len, count = struct.unpack_from(">HHHH", payload, 0)
     ev.detail.update({"szl_id": szl_id, "szl_index": index, "record_count": count})
+    part = szl_id & 0xFF
     if not ev.targets:
         ev.targets.append(Target(kind="szl", name=f"0x{szl_id:04x}", start=index))
-    part = szl_id & 0xFF
+        if part in _IDENTIFY_SZL:
+            ev.op_class = "identify"
     if part not in _IDENTIFY_SZL or rec_len < 2:
         return                              # only these lists carry identity records
     identity: dict[str, str] = {}
