@@ -54,3 +54,15 @@ def test_empty_traffic_gives_a_valid_empty_draft():
     text, doc = draft()
     assert doc["zones"] == [] and doc["conduits"] == []
     parse_policy(text, "draft.yaml")
+
+
+def test_icmp_between_zones_drafts_a_rule_without_ports():
+    """ICMP has no ports (the flow's port is 0): the drafted rule names the protocol only,
+    and the draft validates (it used to say 'bad port 0')."""
+    icmp = fl("hmi-1", "plc-modbus", 0, "unknown", transport="icmp")
+    icmp.client_port = 0
+    text, doc = draft([], [icmp])
+    policy = parse_policy(text, "draft.yaml")
+    (rule,) = policy.conduit_between("zone-10-40-0-0", "zone-10-50-0-0").allow
+    assert (rule.protocol, rule.ports) == ("icmp", ())
+    assert "ports" not in doc["conduits"][0]["allow"][0]

@@ -127,7 +127,8 @@ class Drafter:
             proto = protocol if protocol in PROTOCOLS else transport
             if proto not in PROTOCOLS:
                 continue
-            rule = {"protocol": proto, "ports": [port]}
+            # ICMP and other port-less protocols: a rule without ports (port 0 is no port)
+            rule = {"protocol": proto, "ports": [port]} if port else {"protocol": proto}
             if ops:
                 rule["operations"] = sorted(ops)
             rule.update(sources=[name_of[client]], destinations=[name_of[server]])
