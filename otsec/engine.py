@@ -12,9 +12,13 @@ and merges their output back into exactly the order one engine would have produc
 
 from __future__ import annotations
 
+import ctypes
 import heapq
 import multiprocessing
+import multiprocessing.connection
+import os
 import pickle
+import signal
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -236,6 +240,7 @@ def _sinks(reducer, on_event, on_flow, prepare) -> tuple[Callable, Callable]:
 # --- parallel shards ------------------------------------------------------------------
 
 EVENT, FLOW = 0, 1
+PR_SET_PDEATHSIG = 1   # prctl(2) option
 #: Records a shard pickles at once: one pickle per record made the merging process
 #: spend most of its time in pickle.load.
 SPILL_BATCH = 1024
@@ -276,14 +281,40 @@ def _run_shard(paths: list[Path], config: EngineConfig, index: int, count: int,
         return reducer, stats
 
 
-def _shard_process(send, *args) -> None:
-    """Body of a forked shard: run it and send back (True, result) or (False, why)."""
+class WorkerError(RuntimeError):
+    """A --jobs worker process failed or was killed; str() is one line saying how."""
+
+
+def _shard_process(send, inherited: list, parent: int, *args) -> None:
+    """Body of a forked shard: run it and send back (True, result) or (False, why).
+
+    It closes the read ends of the result pipes it inherited (else a parent that died
+    would leave it blocked on a full pipe that nobody can read), asks the kernel to end it
+    with its parent, and lets SIGTERM end it at once (the parent's terminate())."""
+    for receive in inherited:
+        receive.close()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _end_with_parent(parent)
     try:
         send.send((True, _run_shard(*args)))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
-        send.send((False, f"{type(exc).__name__}: {exc}"))
+        try:
+            send.send((False, f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass   # the parent is gone
     finally:
         send.close()
+
+
+def _end_with_parent(parent: int) -> None:
+    """Linux: SIGTERM this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return   # not Linux: the closed pipes still end the worker when it is done
+    if os.getppid() != parent:   # the parent died before the request took effect
+        os._exit(1)
 
 
 def _records(path: str) -> Iterator[tuple]:
@@ -308,21 +339,23 @@ def _run_parallel(paths: list[Path], make_reducer, on_event, on_flow, prepare,
     sys.stderr.flush()
     with tempfile.TemporaryDirectory(prefix="otsec-shards-") as tmp:
         spills = [f"{tmp}/shard-{i}.pickle" if streamed else None for i in range(jobs)]
-        workers = []
+        workers: dict = {}   # result pipe -> (shard index, process)
         try:
             for i in range(jobs):
                 receive, send = ctx.Pipe(duplex=False)
                 proc = ctx.Process(target=_shard_process, daemon=True,
-                                   args=(send, paths, config, i, jobs, make_reducer, spills[i], prepare))
+                                   args=(send, [*workers, receive], os.getpid(), paths, config, i, jobs,
+                                         make_reducer, spills[i], prepare))
                 proc.start()
                 send.close()
-                workers.append((proc, receive))
-            results = [_result_of(proc, receive) for proc, receive in workers]
+                workers[receive] = (i, proc)
+            results = _results(workers, jobs)
         finally:
-            for proc, _ in workers:
+            for receive, (_, proc) in workers.items():
                 if proc.is_alive():
                     proc.terminate()
                 proc.join()
+                receive.close()
         if streamed:
             deliver = (on_event or _ignore, on_flow or _ignore)
             for _key, kind, item in heapq.merge(*map(_records, spills), key=lambda rec: rec[0]):
@@ -334,15 +367,26 @@ def _run_parallel(paths: list[Path], make_reducer, on_event, on_flow, prepare,
     return reducer, _merge_stats([stats for _, stats in results])
 
 
-def _result_of(proc, receive):
-    try:
-        ok, value = receive.recv()
-    except EOFError:
-        proc.join()
-        raise RuntimeError(f"a shard process ended without a result (exit code {proc.exitcode})") from None
-    if not ok:
-        raise RuntimeError(f"a shard process failed: {value}")
-    return value
+def _results(workers: dict, jobs: int) -> list:
+    """Every shard's (aggregate, statistics), in shard order; the first failure is raised
+    as soon as it happens, not after the shards before it have finished."""
+    results: list = [None] * jobs
+    waiting = dict(workers)
+    while waiting:
+        for receive in multiprocessing.connection.wait(list(waiting)):
+            index, proc = waiting.pop(receive)
+            try:
+                ok, value = receive.recv()
+            except EOFError:
+                proc.join()
+                code = proc.exitcode
+                why = (f"was killed by signal {-code} ({signal.Signals(-code).name}; out of memory?)"
+                       if code is not None and code < 0 else f"ended without a result (exit code {code})")
+                raise WorkerError(f"a --jobs worker process {why}") from None
+            if not ok:
+                raise WorkerError(f"a --jobs worker process failed: {value}")
+            results[index] = value
+    return results
 
 
 def _merge_stats(shards: list[dict]) -> dict:
@@ -370,4 +414,4 @@ def collect(paths: Iterable[str | Path], config: EngineConfig | None = None, job
     return Result(events, flows, stats)
 
 
-__all__ = ["Engine", "EngineConfig", "Result", "analyze", "collect", "reduce", "CaptureError"]
+__all__ = ["Engine", "EngineConfig", "Result", "WorkerError", "analyze", "collect", "reduce", "CaptureError"]

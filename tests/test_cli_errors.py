@@ -3,6 +3,7 @@ a non-zero exit code, no traceback, nothing half-written, and no results thrown 
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -193,3 +194,84 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     assert json.loads(first)["protocol"]
     assert proc.wait(timeout=60) == 141
     assert "error" not in stderr and "Traceback" not in stderr
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+
+
+def _start_jobs_run(tmp_path, *extra) -> tuple[subprocess.Popen, list[int], Path]:
+    """A --jobs 2 analyze of a large capture, returned once both workers run; its temporary
+    files go to a directory of the test's own."""
+    big = tmp_path / "big.pcap"
+    _big_capture(big, 1000)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "otsec.cli.main", "analyze", str(big), "--jobs", "2", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp)})
+    deadline = time.monotonic() + 60
+    while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert proc.poll() is None and len(workers) == 2, "the workers did not start in time"
+    return proc, workers, tmp
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(shutil.which("pgrep") is None, reason="pgrep (procps) not installed")
+def test_sigterm_stops_the_jobs_workers_and_removes_their_files(tmp_path):
+    """A service manager or `timeout` stopping a --jobs run: exit 143 with one line, the
+    worker processes ended and their spill files removed."""
+    proc, workers, tmp = _start_jobs_run(tmp_path, "--json", tmp_path / "events.jsonl")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (143, "otsec: terminated; the output is incomplete\n")
+    assert all(_gone(pid) for pid in workers)
+    assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which("pgrep") is None, reason="pgrep (procps) not installed")
+def test_a_killed_jobs_worker_is_reported_at_once_in_one_line(tmp_path):
+    """The out-of-memory killer takes a worker: the run stops (it does not wait for the
+    other worker to finish) with exit 3 and one line that says what happened."""
+    proc, workers, tmp = _start_jobs_run(tmp_path)
+    os.kill(workers[-1], signal.SIGKILL)
+    out, err = proc.communicate(timeout=10)
+    assert (proc.returncode, err) == (
+        3, "otsec: error: a --jobs worker process was killed by signal 9 (SIGKILL; out of memory?)\n")
+    assert all(_gone(pid) for pid in workers)
+    assert list(tmp.iterdir()) == []
+
+
+def test_one_large_write_to_a_pipe_whose_reader_left_is_not_reported_as_written():
+    """CPython returns from one large write() to a pipe whose reader left midway as if it
+    had all been written; stdout's wrapper writes in flushed pieces so the command still
+    ends with exit 141 (`otsec check ... | head` used to exit 0)."""
+    import io
+    import threading
+
+    import typer
+
+    from otsec.cli.main import _Stdout
+
+    read_fd, write_fd = os.pipe()
+    stream = _Stdout(io.TextIOWrapper(io.FileIO(write_fd, "w"), encoding="utf-8"))
+
+    def read_a_little_then_leave():
+        os.read(read_fd, 100)
+        os.close(read_fd)
+    reader = threading.Thread(target=read_a_little_then_leave)
+    reader.start()
+    with pytest.raises(typer.Exit) as ended:
+        stream.write("x" * 900_000)
+        stream.flush()
+    reader.join()
+    assert ended.value.exit_code == 141

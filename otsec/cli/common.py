@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from otsec.capture import CaptureError, CaptureReader
-from otsec.engine import EngineConfig, analyze, reduce
+from otsec.engine import EngineConfig, WorkerError, analyze, reduce
 from otsec.model import Event, Flow
 from otsec.paths import unwritable
 
@@ -161,6 +161,8 @@ def run_engine(paths: list[Path], on_event: Callable[[Event], None] | None,
             return analyze(paths, on_event, on_flow, config, bar.callback(), jobs, prepare)
     except CaptureError as exc:
         raise fail(str(exc)) from None
+    except WorkerError as exc:   # killed (out of memory?) or failed: not the input's fault
+        raise fail(str(exc), 3) from None
 
 
 def report_damage(stats: dict) -> bool:

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the input was damaged (partial results were still reported) or,
 for ``check``, a finding at or above ``--fail-on``; 2 usage, input or policy errors;
-3 an internal error (a bug: one line, OTSEC_DEBUG=1 shows the traceback); 130 interrupted.
+3 an internal error (a bug: one line, OTSEC_DEBUG=1 shows the traceback) or a --jobs worker
+that was killed; 130 interrupted (SIGINT), 143 terminated (SIGTERM), 141 stdout's reader left.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,7 +54,7 @@ def analyze(
     port: Optional[List[str]] = typer.Option(None, "--port", metavar="NAME=PORT[,PORT]", help="extra server ports for a decoder, e.g. modbus=5020 (repeatable)"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar on large files"),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, metavar="N", help="processes to use: connections are split between them; the output is the same as with one while the flow table does not overflow"),
-    max_flows: int = typer.Option(EngineConfig.max_flows, "--max-flows", min=100, metavar="N", help="connections tracked at once (memory bound; beyond it the least recently active are retired)"),
+    max_flows: int = typer.Option(EngineConfig.max_flows, "--max-flows", min=100, metavar="N", help="connections tracked at once, per --jobs process (memory bound; beyond it the least recently active are retired)"),
 ) -> None:
     """Decode Modbus/TCP, S7comm/S7comm-plus and OPC UA in captures and summarise what talks to what."""
     if output_format not in ("table", "json"):
@@ -154,12 +156,21 @@ class _Stdout:
     """stdout whose reader going away (``otsec ... | head``) ends the command quietly with
     exit code 141, as a C tool killed by SIGPIPE would, instead of an error about the pipe."""
 
+    #: Larger writes go out in pieces of this size, each flushed: CPython reports one large
+    #: write to a pipe whose reader left midway as complete, and the error is lost.
+    PIECE = 1 << 16
+
     def __init__(self, stream):
         self._stream = stream
 
     def write(self, text: str) -> int:
         try:
-            return self._stream.write(text)
+            if len(text) <= self.PIECE:
+                return self._stream.write(text)
+            for start in range(0, len(text), self.PIECE):
+                self._stream.write(text[start:start + self.PIECE])
+                self._stream.flush()
+            return len(text)
         except BrokenPipeError:
             raise self._reader_gone() from None
 
@@ -185,13 +196,24 @@ class _Stdout:
 GC_THRESHOLDS = (50_000, 20, 20)
 
 
+class _Terminated(BaseException):
+    """SIGTERM (a service manager, `timeout`): unwinds like Ctrl-C, so that --jobs workers
+    are stopped and temporary files removed; `otsec sensor` installs its own handler."""
+
+
+def _terminate(_signum, _frame) -> None:
+    raise _Terminated
+
+
 def run() -> None:
     """The ``otsec`` entry point: usage errors and crashes also end in one line and a code."""
     sys.stdout = _Stdout(sys.stdout)
     gc.freeze()                       # the start-up objects (modules, CLI) are never garbage
     gc.set_threshold(*GC_THRESHOLDS)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False, prog_name="otsec")
+        sys.stdout.flush()   # what is still buffered: its reader may have gone (exit 141)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -209,6 +231,9 @@ def run() -> None:
     except KeyboardInterrupt:
         err.print("otsec: interrupted", markup=False)
         sys.exit(130)
+    except _Terminated:
+        err.print("otsec: terminated; the output is incomplete", markup=False)
+        sys.exit(143)
     except Exception as exc:  # a bug: say so in one line; the traceback is one variable away
         if os.environ.get("OTSEC_DEBUG"):
             raise
