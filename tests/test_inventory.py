@@ -130,3 +130,21 @@ def test_plc_download_jobs_count_as_the_stations_operation():
     assert (hosts[station]["uses"], hosts[station]["serves"]) == (["s7comm"], [])
     assert (hosts[plc]["uses"], hosts[plc]["serves"]) == ([], ["s7comm"])
     assert (hosts[station]["role"], hosts[plc]["role"]) == ("engineering_workstation", "plc")
+
+
+def test_identity_is_the_latest_whatever_order_the_shards_merge_in():
+    """--jobs folds one summary per process: a host's identity must not depend on which
+    one is merged last. The latest value (capture time, packet) wins."""
+    old = ev("10.0.0.20", "10.0.0.10", "response", "identify", identity={"firmware": "V2.1"}, ts=10.0, packet=5)
+    new = ev("10.0.0.20", "10.0.0.11", "response", "identify", identity={"firmware": "V3.0"}, ts=20.0, packet=9)
+    results = []
+    for first, second in ((old, new), (new, old)):
+        a, b = Summary(), Summary()
+        a.add_event(first)
+        b.add_event(second)
+        a.merge(b)
+        results.append(a.hosts["10.0.0.20"].identity)
+    one = Summary()
+    for e in (new, old):            # one process that saw them out of time order
+        one.add_event(e)
+    assert results == [{"firmware": "V3.0"}] * 2 and one.hosts["10.0.0.20"].identity == {"firmware": "V3.0"}

@@ -57,6 +57,18 @@ class Host:
     clients: set[str] = field(default_factory=set)
     rejected: int = 0                                        # its requests answered with an exception/error
     flows: int = 0
+    identity_at: dict[str, tuple] = field(default_factory=dict)  # field -> (ts, packet, value) shown
+
+    def learn_identity(self, fields: dict, when: tuple) -> None:
+        """Keep the latest value of each identity field, by capture time and packet (ties:
+        the larger value), so that the result does not depend on the order in which
+        events or --jobs shards arrive."""
+        for key, value in fields.items():
+            if value:
+                seen = (*when, value)
+                if seen > self.identity_at.get(key, ()):
+                    self.identity_at[key] = seen
+                    self.identity[key] = value
 
     def role(self) -> tuple[str, str]:
         """Inferred role and the evidence for it."""
@@ -116,7 +128,7 @@ class Summary:
         if ev.src_mac:
             src.macs.add(ev.src_mac)
         if ev.identity:
-            src.identity.update({k: v for k, v in ev.identity.items() if v})
+            src.learn_identity(ev.identity, (ev.ts, ev.packet))
         fn = self.functions[(ev.protocol, ev.function_code, ev.function)]
         protocol = TRANSPORT_OF.get(ev.protocol, ev.protocol)
         if sent_by_client(ev):
@@ -186,7 +198,8 @@ class Summary:
         for ip, theirs in other.hosts.items():
             mine = self.host(ip)
             mine.macs |= theirs.macs
-            mine.identity.update(theirs.identity)
+            for key, (ts, packet, value) in theirs.identity_at.items():
+                mine.learn_identity({key: value}, (ts, packet))
             mine.served.update(theirs.served)
             mine.used.update(theirs.used)
             mine.sent_classes.update(theirs.sent_classes)
