@@ -65,10 +65,10 @@ class Host:
         events or --jobs shards arrive."""
         for key, value in fields.items():
             if value:
-                seen = (*when, value)
+                seen = (*when, str(value))   # comparable whatever a decoder put there
                 if seen > self.identity_at.get(key, ()):
                     self.identity_at[key] = seen
-                    self.identity[key] = value
+                    self.identity[key] = seen[-1]
 
     def role(self) -> tuple[str, str]:
         """Inferred role and the evidence for it."""
