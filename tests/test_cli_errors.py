@@ -72,6 +72,27 @@ def test_baseline_learn_names_a_directory_as_such(tmp_path):
     assert not (tmp_path / "b.db").exists()
 
 
+@pytest.mark.parametrize("side", ["--old", "--new"])
+def test_baseline_diff_names_both_kinds_a_side_may_be(tmp_path, side):
+    """--old/--new take a baseline database or captures: a text file is neither, said so
+    (the capture reader's "not a pcap ... (magic ...)" told only half of it)."""
+    notdb = tmp_path / "notdb.db"
+    notdb.write_text("just some notes\n")
+    sides = {"--old": INCIDENT, "--new": INCIDENT, side: notdb}
+    r = otsec("baseline", "diff", "--old", sides["--old"], "--new", sides["--new"], "-p", POLICY)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == f"otsec: error: {side} {notdb}: neither an otsec baseline database nor a pcap/pcapng capture\n"
+
+
+def test_baseline_diff_keeps_the_specific_error_of_a_damaged_capture(tmp_path):
+    """A file with a pcap magic is a capture: its damage is named, not reworded as 'neither'."""
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(INCIDENT.read_bytes()[:10])
+    r = otsec("baseline", "diff", "--old", cut, "--new", INCIDENT, "-p", POLICY)
+    assert r.returncode == 2
+    assert r.stderr == f"otsec: error: {cut}: truncated pcap file header: 24 bytes needed, 10 present\n"
+
+
 @pytest.mark.parametrize("command", [
     ["analyze", SHOWCASE, "--json", "{out}"],
     ["check", INCIDENT, "-p", POLICY, "--json", "{out}", "--db", "{db}"],

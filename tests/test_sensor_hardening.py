@@ -16,15 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from otsec.sensor import runner
 from otsec.sensor.runner import STATE_LEARN_FINISHED, STATE_LEARN_STARTED, Sensor, SensorConfig, _utc
 from otsec.sensor.sources import SYS_CLASS_NET
 from otsec.store import detect_store
-from otsec.store.db import open_db
+from otsec.store.db import StoreError, open_db
 
 from tests.test_sensor_resilience import db_rows, drain, log, make_sensor  # noqa: F401 (fixture)
 from tests.test_sensor_run import (  # noqa: F401 (fixtures)
-    INCIDENT, LIVE_MARKER, POLICY, ROOT, _files_done, _root_netns_ok, _started, expected_findings,
-    netns, replay, run_sensor, wait_for,
+    INCIDENT, LIVE_MARKER, POLICY, ROOT, _files_done, _root_netns_ok, _started, db_findings,
+    expected_findings, netns, replay, run_sensor, wait_for,
 )
 from tests.test_sensor_units import _packets
 
@@ -62,6 +63,10 @@ def otsec_sensor(*args, **kwargs) -> subprocess.CompletedProcess:
                  id="evidence-dir"),
     pytest.param(["--pcap-dir", "{t}/spool", "--db", "{t}/spool"],
                  "{t}/spool: is a directory, not a database", id="db-is-dir"),
+    # the syslog output exists by then: it is closed on the way out (see the unit test below)
+    pytest.param(["--pcap-dir", "{t}/spool", "--db", "{t}/spool/a.pcap", "--syslog", "udp://127.0.0.1:5514"],
+                 "{t}/spool/a.pcap: cannot use as an otsec database: file is not a database",
+                 id="db-not-sqlite"),
 ])
 def test_a_bad_option_is_one_line_and_creates_nothing(tmp_path, args, message):
     if args[0] == "--interface":
@@ -85,6 +90,64 @@ def test_a_bad_bpf_filter_is_refused_before_the_database_is_created(tmp_path):
     assert r.returncode == 2
     assert r.stderr == "otsec: error: --bpf 'tcp port': can't parse filter expression: syntax error\n"
     assert not (tmp_path / "s.db").exists()
+
+
+def _recording(cls, opened: list):
+    """``cls`` noting each instance in ``opened`` and whether close() was called on it."""
+    class Recorded(cls):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.closed = False
+            opened.append(self)
+
+        def close(self):
+            super().close()
+            self.closed = True
+    return Recorded
+
+
+@pytest.mark.parametrize("source", ["pcap-dir", "interface"])
+@pytest.mark.parametrize("failure", ["db-not-sqlite", "stored-state"])
+def test_a_constructor_failing_late_closes_what_it_opened(tmp_path, log, monkeypatch, source, failure):
+    """The capture handle, syslog and JSON outputs and the database are opened before the
+    stored mode is read: a failure there (or in open_db) must not leak them."""
+    if source == "interface" and (reason := _root_netns_ok()):
+        pytest.skip(reason)
+    opened: list = []
+    for name in ("LiveSource", "PcapDirSource", "SyslogOutput", "JsonLinesOutput"):
+        monkeypatch.setattr(runner, name, _recording(getattr(runner, name), opened))
+    dbs = []
+    monkeypatch.setattr(runner, "open_db", lambda path: dbs.append(open_db(path)) or dbs[-1])
+    db = tmp_path / "s.db"
+    if failure == "db-not-sqlite":
+        db.write_text("not a database\n")
+        error = pytest.raises(StoreError, match="cannot use as an otsec database")
+    else:      # a learning end time no one can read: _initial_mode fails after open_db
+        store = open_db(db)
+        store["sensor_state"].insert({"key": STATE_LEARN_FINISHED, "value": "garbage"})
+        store.conn.close()
+        error = pytest.raises(StoreError, match="sensor state 'learn_finished_ts' in the database is not a "
+                                                 "time: 'garbage'")
+    (tmp_path / "spool").mkdir()
+    where = {"interface": "lo", "bpf": "tcp port 9"} if source == "interface" \
+        else {"pcap_dir": tmp_path / "spool"}
+    cfg = SensorConfig(policy=POLICY, db=db, syslog="udp://127.0.0.1:5514", json_path=tmp_path / "s.jsonl",
+                       learn_seconds=60.0, **where)
+    with error:
+        Sensor(cfg, log[0])
+    kinds = {type(o).__mro__[1].__name__: o for o in opened}
+    expected = {"LiveSource" if source == "interface" else "PcapDirSource", "SyslogOutput"}
+    if failure == "stored-state":
+        expected.add("JsonLinesOutput")     # opened after the database
+    assert set(kinds) == expected
+    assert all(o.closed for o in opened)
+    if source == "interface":
+        assert kinds["LiveSource"].handle is None
+    if failure == "stored-state":
+        assert kinds["JsonLinesOutput"].fd == -1
+        with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+            dbs[0].execute("SELECT 1")
+    assert len(dbs) == (failure == "stored-state")
 
 
 # --- an interface deleted and re-created while the sensor runs ----------------------------
@@ -119,6 +182,31 @@ def test_live_interface_deleted_and_recreated_is_waited_for(netns, tmp_path, run
     (packets,), = con.execute("SELECT packets FROM sensor_stats ORDER BY ts DESC LIMIT 1").fetchall()
     con.close()
     assert packets == 2 * 328
+
+
+def test_live_interface_down_at_start_is_retried_and_captured_once_up(netns, tmp_path, run_sensor):
+    """An interface that exists but is administratively down when the sensor starts is no
+    typo: reported, retried, and captured from once someone brings it up."""
+    subprocess.run(["ip", "-n", netns, "link", "set", "sens0", "down"], check=True)
+    db, out = tmp_path / "s.db", tmp_path / "s.jsonl"
+    s = run_sensor(["--interface", "sens0", "--policy", str(POLICY), "--db", str(db), "--json", str(out)],
+                   prefix=["ip", "netns", "exec", netns])
+    wait_for(lambda: "ERROR: interface sens0: interface is down; retrying in 1 s" in s.log(), 10,
+             "the report of the down interface")
+    wait_for(lambda: _started(out), 5, "the run to go on (the 'started' record)")
+    assert s.proc.poll() is None and "capturing on sens0" not in s.log()
+    subprocess.run(["ip", "-n", netns, "link", "set", "sens0", "up"], check=True)
+    wait_for(lambda: "interface sens0: capturing again after" in s.log(), 10, "the capture to begin")
+    replay(netns, INCIDENT)
+    wait_for(lambda: _finding_count(db, LIVE_MARKER) == 1, 10, "the incident decoded")
+    assert s.stop() == 0, s.log()
+    assert "Traceback" not in s.log()
+    assert db_findings(db) == expected_findings(INCIDENT)
+    con = sqlite3.connect(db)
+    (packets,), = con.execute("SELECT packets FROM sensor_stats ORDER BY ts DESC LIMIT 1").fetchall()
+    assert con.execute("SELECT exit_reason FROM sensor_runs").fetchall() == [("SIGTERM",)]
+    con.close()
+    assert packets == 328
 
 
 # --- a learning period that ends while the link is silent ----------------------------------

@@ -89,6 +89,18 @@ _PCAPNG_STRUCTS = {
 }
 
 
+def has_capture_magic(path: str | Path) -> bool:
+    """Whether ``path`` starts like a pcap or pcapng file (True also when it cannot be
+    read: opening it as a capture then says why). For options that take a capture or
+    something else, to tell which was meant before reading it."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError:
+        return True
+    return magic in PCAP_MAGICS or magic == PCAPNG_SHB_MAGIC
+
+
 class CaptureError(Exception):
     """The file cannot be read as a capture at all; str() is one line naming the file."""
 

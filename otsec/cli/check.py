@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from otsec.capture import has_capture_magic
 from otsec.detect.baseline import Baseline, Learner, diff as baseline_diff
 from otsec.detect.checker import Checker
 from otsec.detect.findings import Finding
@@ -202,6 +203,10 @@ def _side(paths: list[Path], policy_file: Path | None, label: str) -> tuple[Base
         return _baseline_db(paths[0]), False
     if any(_store().is_sqlite(p) for p in paths):
         raise fail(f"{label}: give one baseline database or only captures, not both")
+    for path in paths:
+        # the option takes either kind: name both rather than the capture reader's magic bytes
+        if path.is_file() and not has_capture_magic(path):
+            raise fail(f"{label} {path}: neither an otsec baseline database nor a pcap/pcapng capture")
     check_inputs(paths)
     if policy_file is None:
         raise fail(f"{label}: comparing captures needs --policy (for the zones)")

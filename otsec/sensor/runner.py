@@ -38,6 +38,7 @@ import logging
 import signal
 import sqlite3
 import time
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -52,7 +53,7 @@ from otsec.sensor.outputs import (
 )
 from otsec.sensor.sources import LiveSource, PcapDirSource
 from otsec.sensor.status import decode_errors
-from otsec.sensor.store import SensorStore, get_state
+from otsec.sensor.store import SensorStore, get_time
 from otsec.store import detect_store
 from otsec.store.db import check_db_path, open_db
 
@@ -161,50 +162,58 @@ class Sensor:
         # run record or output file behind
         self.policy = load_policy(cfg.policy)        # PolicyError: the caller reports it
         check_syslog_options(cfg.syslog_facility, cfg.syslog_format)
-        self.syslog = None
-        if cfg.syslog:
-            self.syslog = SyslogOutput(cfg.syslog, cfg.syslog_facility, cfg.syslog_format, self.log)
-        if cfg.json_path is not None:
-            check_file(cfg.json_path, "--json")
-        if cfg.evidence_dir is not None:
-            check_directory(cfg.evidence_dir, "--evidence-dir")
-        check_db_path(cfg.db)
-        if cfg.interface is not None:          # last: a live source opens its handle here
-            self.source = LiveSource(cfg.interface, cfg.snaplen, cfg.promisc, cfg.bpf,
-                                     cfg.buffer_mb, self.log, cfg.retry_first)
-        else:
-            self.source = PcapDirSource(cfg.pcap_dir, cfg.settle, self.log)
-        self.db = open_db(cfg.db)
-        self.db.execute(f"PRAGMA busy_timeout = {DB_BUSY_MS}")
-        self.outputs: list = []
-        if cfg.json_path is not None:
-            self.outputs.append(JsonLinesOutput(cfg.json_path, self.log))
-        self.evidence = None
-        if cfg.evidence_dir is not None:
-            self.evidence = EvidenceRecorder(cfg.evidence_dir, cfg.evidence_max_bytes,
-                                             cfg.evidence_per_finding_bytes, self.log)
-        self.learning, stored = self._initial_mode()
-        self.agg = TrackingAggregator()
-        self.checker = Checker(self.policy, None if self.learning else stored, self.agg)
-        self.learner = Learner(self.policy) if self.learning else None
-        # one per-source stats entry: a sensor reads a file a minute for months
-        self.engine = Engine(replace(cfg.engine, source_history=1), self._on_event, self._on_flow)
-        self._feed_packet = self._feed_with_evidence if self.evidence else self.engine.feed
-        timed = self.learning and cfg.learn_seconds is not None
-        self.feed = self._feed_learning if timed else self._feed_packet
-        self.store = SensorStore(self.db, self.source.name, "learn" if self.learning else "detect",
-                                 str(cfg.policy), str(cfg.db) if stored else None)
-        if cfg.pcap_dir is not None:
-            self.source.store = self.store
+        # from here on, a step that fails closes what the steps before it opened (the
+        # capture handle, the syslog output, the database) before the error propagates
+        with ExitStack() as opened:
+            self.syslog = None
+            if cfg.syslog:
+                self.syslog = opened.enter_context(closing(
+                    SyslogOutput(cfg.syslog, cfg.syslog_facility, cfg.syslog_format, self.log)))
+            if cfg.json_path is not None:
+                check_file(cfg.json_path, "--json")
+            if cfg.evidence_dir is not None:
+                check_directory(cfg.evidence_dir, "--evidence-dir")
+            check_db_path(cfg.db)
+            if cfg.interface is not None:          # last: a live source opens its handle here
+                source = LiveSource(cfg.interface, cfg.snaplen, cfg.promisc, cfg.bpf,
+                                    cfg.buffer_mb, self.log, cfg.retry_first)
+            else:
+                source = PcapDirSource(cfg.pcap_dir, cfg.settle, self.log)
+            self.source = opened.enter_context(closing(source))
+            self.db = open_db(cfg.db)
+            opened.callback(self.db.conn.close)
+            self.db.execute(f"PRAGMA busy_timeout = {DB_BUSY_MS}")
+            self.outputs: list = []
+            if cfg.json_path is not None:
+                json_out = JsonLinesOutput(cfg.json_path, self.log)
+                self.outputs.append(opened.enter_context(closing(json_out)))
+            self.evidence = None
+            if cfg.evidence_dir is not None:
+                self.evidence = EvidenceRecorder(cfg.evidence_dir, cfg.evidence_max_bytes,
+                                                 cfg.evidence_per_finding_bytes, self.log)
+            self.learning, stored = self._initial_mode()
+            self.agg = TrackingAggregator()
+            self.checker = Checker(self.policy, None if self.learning else stored, self.agg)
+            self.learner = Learner(self.policy) if self.learning else None
+            # one per-source stats entry: a sensor reads a file a minute for months
+            self.engine = Engine(replace(cfg.engine, source_history=1), self._on_event, self._on_flow)
+            self._feed_packet = self._feed_with_evidence if self.evidence else self.engine.feed
+            timed = self.learning and cfg.learn_seconds is not None
+            self.feed = self._feed_learning if timed else self._feed_packet
+            self.store = SensorStore(self.db, self.source.name, "learn" if self.learning else "detect",
+                                     str(cfg.policy), str(cfg.db) if stored else None)
+            if cfg.pcap_dir is not None:
+                self.source.store = self.store
+            self.learn_deadline: float | None = None
+            if timed and (started := get_time(self.db, STATE_LEARN_STARTED)) is not None:
+                self.learn_deadline = started + cfg.learn_seconds
+            opened.pop_all()      # constructed: _shutdown() closes source and outputs
         self.events = 0
         self.emitted: dict[tuple, _Emitted] = {}
         self.held: set[tuple] = set()            # findings with an update not yet sent
         self.new_in_interval = 0
         self.stop_reason: str | None = None
         self.reload_requested = False
-        self.learn_deadline: float | None = None
-        if timed and (started := get_state(self.db, STATE_LEARN_STARTED)) is not None:
-            self.learn_deadline = float(started) + cfg.learn_seconds
         self._unsaved_findings: dict[int, tuple] = {}
         self._unsaved_stats: list[dict] = []
         self._unsaved_files: dict[str, dict] = {}
@@ -224,7 +233,7 @@ class Sensor:
         has = stored if (stored.entries or stored.devices) else None
         size = f"{len(stored.entries)} communications, {len(stored.devices)} devices"
         cfg = self.cfg
-        finished = get_state(self.db, STATE_LEARN_FINISHED)
+        finished = get_time(self.db, STATE_LEARN_FINISHED)
         if cfg.mode == "learn":
             self.log.info("mode: learning until stopped (policy checks active); stored baseline: %s", size)
             return True, has
@@ -234,7 +243,7 @@ class Sensor:
                           _human(cfg.learn_seconds), size)
             return True, has
         if cfg.learn_seconds is not None:
-            self.log.info("learning period already ended at %s; detecting", _utc(float(finished)))
+            self.log.info("learning period already ended at %s; detecting", _utc(finished))
         self.log.info("mode: detecting with %s", f"the stored baseline ({size})" if has
                       else "the policy only (no baseline stored yet)")
         return False, has

@@ -81,7 +81,7 @@ class SensorStore:
               state: dict[str, str] | None = None) -> None:
         """One flush: changed findings as (seq, finding, evidence path), stats rows,
         pcap-dir progress rows, the run's finding totals (active, suppressed) and durable
-        facts (:func:`get_state` keys)."""
+        facts (:func:`get_time` keys)."""
         with self.db.conn:
             if state:
                 self.db["sensor_state"].insert_all(
@@ -112,7 +112,14 @@ class SensorStore:
         return rows[0] if rows else None
 
 
-def get_state(db: sqlite_utils.Database, key: str) -> str | None:
-    """A durable sensor fact (e.g. when learning started), None when never set."""
+def get_time(db: sqlite_utils.Database, key: str) -> float | None:
+    """A durable sensor time (e.g. when learning started), None when never set; a value
+    that is not a time is a StoreError naming the key, not a crash."""
     row = db.execute("SELECT value FROM sensor_state WHERE key = ?", [key]).fetchone()
-    return row[0] if row else None
+    if row is None:
+        return None
+    try:
+        return float(row[0])
+    except (TypeError, ValueError):
+        raise StoreError(f"sensor state {key!r} in the database is not a time: {row[0]!r} "
+                         f"(delete that row of sensor_state to start afresh)") from None

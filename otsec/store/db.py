@@ -79,6 +79,7 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
     check_db_path(Path(path))
     for module in MIGRATION_MODULES:
         importlib.import_module(module)
+    conn = None
     try:
         conn = sqlite3.connect(str(path), timeout=30)
         db = sqlite_utils.Database(conn)
@@ -86,6 +87,8 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
         db.execute("PRAGMA foreign_keys = ON")
         MIGRATIONS.apply(db)
     except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
         raise StoreError(f"{path}: cannot use as an otsec database: {exc}") from None
     return db
 
