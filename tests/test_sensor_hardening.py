@@ -150,6 +150,20 @@ def test_a_constructor_failing_late_closes_what_it_opened(tmp_path, log, monkeyp
     assert len(dbs) == (failure == "stored-state")
 
 
+def test_a_learning_start_no_one_can_read_starts_no_run_record(tmp_path, log):
+    """The stored learning start is read before the run record is written: a sensor that
+    cannot start leaves no sensor_runs row without a stop time."""
+    db = tmp_path / "s.db"
+    store = open_db(db)
+    store["sensor_state"].insert({"key": STATE_LEARN_STARTED, "value": "garbage"})
+    store.conn.close()
+    (tmp_path / "spool").mkdir()
+    cfg = SensorConfig(policy=POLICY, db=db, pcap_dir=tmp_path / "spool", learn_seconds=60.0)
+    with pytest.raises(StoreError, match="sensor state 'learn_started_ts' in the database is not a time"):
+        Sensor(cfg, log[0])
+    assert db_rows(db, "SELECT count(*) FROM sensor_runs") == [(0,)]
+
+
 # --- an interface deleted and re-created while the sensor runs ----------------------------
 
 def _finding_count(db: Path, rule: str) -> int:

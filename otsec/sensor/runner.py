@@ -200,13 +200,14 @@ class Sensor:
             self._feed_packet = self._feed_with_evidence if self.evidence else self.engine.feed
             timed = self.learning and cfg.learn_seconds is not None
             self.feed = self._feed_learning if timed else self._feed_packet
+            self.learn_deadline: float | None = None
+            if timed and (started := get_time(self.db, STATE_LEARN_STARTED)) is not None:
+                self.learn_deadline = started + cfg.learn_seconds
+            # last: a run record is started only by a sensor that will run
             self.store = SensorStore(self.db, self.source.name, "learn" if self.learning else "detect",
                                      str(cfg.policy), str(cfg.db) if stored else None)
             if cfg.pcap_dir is not None:
                 self.source.store = self.store
-            self.learn_deadline: float | None = None
-            if timed and (started := get_time(self.db, STATE_LEARN_STARTED)) is not None:
-                self.learn_deadline = started + cfg.learn_seconds
             opened.pop_all()      # constructed: _shutdown() closes source and outputs
         self.events = 0
         self.emitted: dict[tuple, _Emitted] = {}
