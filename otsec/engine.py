@@ -212,10 +212,14 @@ def _run(paths, make_reducer, on_event, on_flow, prepare, config, progress, jobs
     if jobs > 1:
         return _run_parallel(paths, make_reducer, on_event, on_flow, prepare, config, jobs)
     reducer = make_reducer() if make_reducer is not None else None
-    engine = Engine(config, *_sinks(reducer, on_event, on_flow, prepare))
+    return reducer, _read_all(Engine(config, *_sinks(reducer, on_event, on_flow, prepare)), paths, progress)
+
+
+def _read_all(engine: Engine, paths: list[Path], progress=None) -> dict:
+    """Feed every capture through ``engine`` and end the input: the run's statistics."""
     for path in paths:
         engine.read_file(path, progress)
-    return reducer, engine.finish()
+    return engine.finish()
 
 
 def _sinks(reducer, on_event, on_flow, prepare) -> tuple[Callable, Callable]:
@@ -253,10 +257,7 @@ def _run_shard(paths: list[Path], config: EngineConfig, index: int, count: int,
     config = EngineConfig(**{**config.__dict__, "shard": (index, count)})
     reducer = make_reducer() if make_reducer is not None else None
     if spill_path is None:
-        engine = Engine(config, *_sinks(reducer, None, None, None))
-        for path in paths:
-            engine.read_file(path)
-        return reducer, engine.finish()
+        return reducer, _read_all(Engine(config, *_sinks(reducer, None, None, None)), paths)
     batch: list[tuple] = []
     with open(spill_path, "wb", buffering=1 << 20) as spill:
         def recorder(kind: int):
@@ -274,9 +275,7 @@ def _run_shard(paths: list[Path], config: EngineConfig, index: int, count: int,
             batch.clear()
 
         engine = Engine(config, *_sinks(reducer, recorder(EVENT), recorder(FLOW), prepare))
-        for path in paths:
-            engine.read_file(path)
-        stats = engine.finish()
+        stats = _read_all(engine, paths)
         dump()
         return reducer, stats
 

@@ -263,22 +263,25 @@ def _need(data: bytes, size: int) -> None:
         raise IndexError(size)
 
 
-def _start(ev: Event, data: bytes, kind: str, count: int | None = None) -> Target:
-    """The leading start address, kept (with a request's target) before any later field
-    is read: a PDU cut after it still names what it addresses, as Wireshark still shows
-    its reference number. A cut inside the address raises before anything is kept."""
+def _start(ev: Event, data: bytes, kind: str, count: int | None = None) -> Target | None:
+    """The leading start address, kept (with a request's target; a response names none)
+    before any later field is read: a PDU cut after it still names what it addresses, as
+    Wireshark still shows its reference number. A cut inside the address raises before
+    anything is kept."""
     start = _U16.unpack_from(data)[0]
     ev.detail["start"] = start
+    if ev.kind != "request":
+        return None
     target = Target(kind, start, count)
-    if ev.kind == "request":
-        ev.targets.append(target)
+    ev.targets.append(target)
     return target
 
 
-def _quantity(ev: Event, data: bytes, target: Target) -> int:
-    """The quantity after the start address, completing the target :func:`_start` made."""
-    qty = _U16.unpack_from(data, 2)[0]
-    ev.detail["quantity"] = target.count = qty
+def _quantity(ev: Event, data: bytes, target: Target | None) -> int:
+    """The quantity after the start address, completing the request target :func:`_start` made."""
+    qty = ev.detail["quantity"] = _U16.unpack_from(data, 2)[0]
+    if target is not None:
+        target.count = qty
     return qty
 
 
