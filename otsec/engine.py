@@ -25,11 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from otsec.capture import MALFORMED_REASONS, CaptureError, CaptureReader, parse_packet
+from otsec.capture import MALFORMED_REASONS, CaptureError, CaptureReader
 from otsec.decoders.base import Decoder
 from otsec.decoders.registry import BUILTIN
 from otsec.flow.session import Health
 from otsec.flow.table import DEFAULT_MAX_FLOWS, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, FlowTable
+
+try:
+    from otsec.flow._fast import FlowTable as CompiledFlowTable
+except ImportError:  # built without a C compiler: the pure-Python flow layer serves
+    CompiledFlowTable = None
 from otsec.model import Event, Flow
 
 
@@ -51,6 +56,9 @@ class EngineConfig:
     #: Per-source entries kept in the statistics (None: all; a sensor that reads a file a
     #: minute for months keeps only the current one).
     source_history: int | None = None
+    #: Use the compiled flow layer when it was built (False: the pure-Python reference,
+    #: which gives the same results, several times slower).
+    compiled: bool = True
 
 #: A source whose first packet is this much older than the last packet seen does not
 #: continue the traffic so far (an unrelated capture, a ring buffer reused): the open
@@ -62,11 +70,6 @@ def _ignore(_item) -> None:
     return None
 
 
-def shard_of(pkt: tuple, count: int) -> int:
-    """Shard owning a packet's connection: symmetric in direction, stable across processes."""
-    return (pkt[2][-1] + pkt[3][-1] + pkt[5] + pkt[6]) % count
-
-
 class Engine:
     """Feed packets in, get events and flows out (sans-IO: the caller owns the source)."""
 
@@ -75,10 +78,12 @@ class Engine:
                  on_flow: Callable[[Flow], None] | None = None):
         self.config = config or EngineConfig()
         self.health = Health()
-        self.table = FlowTable(
+        table_class = CompiledFlowTable if self.config.compiled and CompiledFlowTable else FlowTable
+        self.table = table_class(
             self.config.decoders, self.config.ports, on_event or _ignore, on_flow or _ignore,
             self.health, max_flows=self.config.max_flows,
-            tcp_idle=self.config.tcp_idle_timeout, udp_idle=self.config.udp_idle_timeout)
+            tcp_idle=self.config.tcp_idle_timeout, udp_idle=self.config.udp_idle_timeout,
+            shard=self.config.shard)
         self.packets = 0
         self.bytes = 0
         self.skipped: dict[str, int] = {}
@@ -115,33 +120,66 @@ class Engine:
         if self.first_ts is None:
             self.first_ts = ts
         self.last_ts = ts
-        pkt = parse_packet(linktype, frame)
-        if pkt.__class__ is str:
-            self.skipped[pkt] = self.skipped.get(pkt, 0) + 1
-            return
-        shard = self.config.shard
-        if shard is not None and shard_of(pkt, shard[1]) != shard[0]:
-            self.table.tick(pkt_no, ts)
-            return
-        self.table.packet(pkt_no, ts, pkt)
+        reason = self.table.frame(pkt_no, ts, linktype, frame)
+        if reason is not None:
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     def read_file(self, path: str | Path, progress: Callable[[int, int], None] | None = None) -> None:
         """Feed every packet of a capture file; a corrupt tail is recorded, not raised."""
         with CaptureReader(path) as reader:
             self.set_source(str(path))
             source = self.sources[-1]
-            first_ts = None
-            feed = self.feed
-            for pkt_no, ts, linktype, frame in reader:
-                if first_ts is None:
-                    first_ts = ts
-                feed(pkt_no, ts, linktype, frame)
-                if progress is not None and not pkt_no & 0x3FFF:
-                    progress(reader.offset, reader.size)
+            if reader.format == "pcap" and hasattr(self.table, "walk_pcap"):
+                first_ts = self._walk_compiled(reader, progress)
+            else:
+                first_ts = self._walk(reader, progress)
             if progress is not None:
                 progress(reader.offset, reader.size)
             source.update(packets=reader.packets, first_ts=first_ts,
                           last_ts=self.last_ts if first_ts is not None else None, error=reader.error)
+
+    def _walk(self, reader: CaptureReader, progress: Callable[[int, int], None] | None) -> float | None:
+        first_ts = None
+        feed = self.feed
+        for pkt_no, ts, linktype, frame in reader:
+            if first_ts is None:
+                first_ts = ts
+            feed(pkt_no, ts, linktype, frame)
+            if progress is not None and not pkt_no & 0x3FFF:
+                progress(reader.offset, reader.size)
+        return first_ts
+
+    def _walk_compiled(self, reader: CaptureReader, progress: Callable[[int, int], None] | None) -> float | None:
+        """A classic pcap file through the compiled table, a read buffer at a time: the
+        same bookkeeping as feed() per packet, without a Python object per packet."""
+        walk = self.table.walk_pcap
+        swapped = (reader.byte_order == "<") != (sys.byteorder == "little")
+        first_ts = None
+
+        def take(buf: bytes, pos: int, number: int) -> tuple[int, int]:
+            nonlocal first_ts
+            restart_below = None
+            if self._source_starts and self.last_ts is not None:
+                restart_below = self.last_ts - SOURCE_CLOCK_SLACK
+            pos, new_number, nbytes, first, last, restarted = walk(
+                buf, pos, number, swapped, reader.per_sec, reader.linktype, reader.caplen_limit,
+                self.skipped, restart_below)
+            if new_number > number:
+                self._source_starts = False
+                self.sources_restarted += restarted
+                self.packets += new_number - number
+                self.bytes += nbytes
+                if first_ts is None:
+                    first_ts = first
+                if self.first_ts is None:
+                    self.first_ts = first
+                self.last_ts = last
+                if progress is not None:
+                    progress(reader.offset, reader.size)
+            return pos, new_number
+
+        reader.walk_pcap(take)
+        return first_ts
 
     def sweep(self, now: float) -> None:
         """Retire connections idle at ``now`` (a live source calls this on a quiet link,
@@ -150,7 +188,7 @@ class Engine:
 
     def open_flows(self) -> list[Flow]:
         """The connections being tracked now, as their (still growing) flow records."""
-        return [st.flow for st in self.table.states.values()]
+        return self.table.open_flows()
 
     def finish(self) -> dict:
         """End of input: report every open connection and return the run's statistics."""

@@ -3,7 +3,8 @@
 import socket
 
 from otsec.flow.session import Health
-from otsec.flow.table import ACK, FIN, RST, SYN, FlowTable, community_id
+from otsec.flow.table import ACK, FIN, RST, SYN, community_id
+from tests.flow_impls import flow_table_class  # noqa: F401 - the fixture: "python" and "compiled"
 from tests.toy_protocol import TOY, msg
 
 A, B, C = (socket.inet_aton(ip) for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3"))
@@ -16,10 +17,12 @@ def pkt(src, sport, dst, dport, flags=ACK, seq=0, ack=0, payload=b"", proto=6):
 
 
 class Run:
-    def __init__(self, **kw):
+    """A FlowTable (of the implementation under test) with the toy decoder, fed packets 1, 2, ..."""
+
+    def __init__(self, table_class, **kw):
         self.events, self.flows = [], []
         self.health = Health()
-        self.table = FlowTable((TOY,), {}, self.events.append, self.flows.append, self.health, **kw)
+        self.table = table_class((TOY,), {}, self.events.append, self.flows.append, self.health, **kw)
         self.n = 0
 
     def __call__(self, packet, ts=None):
@@ -39,8 +42,8 @@ def test_community_id_matches_the_published_spec_vector():
     assert community_id(daddr, saddr, 6, 80, 34855) == "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
 
 
-def test_handshake_sets_client_and_events_get_per_message_direction():
-    run = Run()
+def test_handshake_sets_client_and_events_get_per_message_direction(flow_table_class):
+    run = Run(flow_table_class)
     handshake(run)
     run(pkt(A, 40000, B, 9999, ACK, seq=101, ack=501, payload=msg(b"q", 1, b"rd")))
     run(pkt(B, 9999, A, 40000, ACK, seq=501, ack=108, payload=msg(b"r", 1, b"rd")))
@@ -55,8 +58,8 @@ def test_handshake_sets_client_and_events_get_per_message_direction():
     assert flow.app == "toy" and flow.events == 2 and flow.packets_c2s == 3
 
 
-def test_content_detection_on_any_port_and_not_by_port_alone():
-    run = Run()
+def test_content_detection_on_any_port_and_not_by_port_alone(flow_table_class):
+    run = Run(flow_table_class)
     run(pkt(A, 40001, B, 12345, payload=msg(b"q", 1, b"x"), seq=1))     # toy on an odd port: found
     run(pkt(A, 40002, B, 9999, payload=b"GET / HTTP/1.1\r\n\r\n", seq=1))  # toy's port, not toy: ignored
     run.table.finish()
@@ -65,8 +68,8 @@ def test_content_detection_on_any_port_and_not_by_port_alone():
     assert apps == {12345: ("toy", True), 9999: ("unknown", False)}
 
 
-def test_without_handshake_the_well_known_port_side_is_the_server():
-    run = Run()
+def test_without_handshake_the_well_known_port_side_is_the_server(flow_table_class):
+    run = Run(flow_table_class)
     run(pkt(B, 9999, A, 40000, payload=msg(b"r", 1, b"x"), seq=7))
     run.table.finish()
     (flow,) = run.flows
@@ -74,8 +77,8 @@ def test_without_handshake_the_well_known_port_side_is_the_server():
     assert run.events[0].kind == "response" and run.events[0].anomalies == ["toy.unpaired_response"]
 
 
-def test_new_syn_after_close_starts_a_new_connection():
-    run = Run()
+def test_new_syn_after_close_starts_a_new_connection(flow_table_class):
+    run = Run(flow_table_class)
     handshake(run)
     run(pkt(A, 40000, B, 9999, FIN | ACK, seq=101, ack=501))
     run(pkt(B, 9999, A, 40000, FIN | ACK, seq=501, ack=102))
@@ -84,8 +87,8 @@ def test_new_syn_after_close_starts_a_new_connection():
     assert len(run.flows) == 2
 
 
-def test_rst_closes_and_idle_flows_time_out():
-    run = Run(tcp_idle=60.0)
+def test_rst_closes_and_idle_flows_time_out(flow_table_class):
+    run = Run(flow_table_class, tcp_idle=60.0)
     handshake(run)
     run(pkt(A, 40000, B, 9999, RST, seq=101), ts=4.0)
     run(pkt(A, 40001, C, 9999, SYN, seq=1), ts=5.0)
@@ -93,18 +96,18 @@ def test_rst_closes_and_idle_flows_time_out():
     assert len(run.flows) == 2 and run.table.counters["flows_timed_out"] == 2
 
 
-def test_flow_cap_evicts_least_recently_active():
-    run = Run(max_flows=20)
+def test_flow_cap_evicts_least_recently_active(flow_table_class):
+    run = Run(flow_table_class, max_flows=20)
     for i in range(30):
         run(pkt(A, 1000 + i, B, 9999, SYN, seq=1))
-    assert len(run.table.states) <= 20
+    assert run.table.open_count <= 20
     assert run.table.counters["flows_evicted"] >= 10
     evicted_ports = {f.client_port for f in run.flows}
     assert 1000 in evicted_ports and 1029 not in evicted_ports
 
 
-def test_hole_acknowledged_by_peer_becomes_gap_and_decoding_resumes():
-    run = Run()
+def test_hole_acknowledged_by_peer_becomes_gap_and_decoding_resumes(flow_table_class):
+    run = Run(flow_table_class)
     handshake(run)
     first, second, third = msg(b"q", 1, b"a"), msg(b"q", 2, b"b"), msg(b"q", 3, b"c")
     run(pkt(A, 40000, B, 9999, seq=101, payload=first))
@@ -116,8 +119,8 @@ def test_hole_acknowledged_by_peer_becomes_gap_and_decoding_resumes():
     assert run.health.gaps == 1 and run.flows[0].gaps == 1
 
 
-def test_udp_and_other_ip_are_tracked_as_flows():
-    run = Run()
+def test_udp_and_other_ip_are_tracked_as_flows(flow_table_class):
+    run = Run(flow_table_class)
     run(pkt(A, 5353, B, 53, 0, payload=b"q", proto=17))
     run(pkt(B, 53, A, 5353, 0, payload=b"r", proto=17))
     run(pkt(A, 0, B, 0, 0, payload=b"\x08\x00", proto=1))
@@ -126,17 +129,17 @@ def test_udp_and_other_ip_are_tracked_as_flows():
     assert kinds == [("icmp", "unknown", 0), ("udp", "dns", 53)]
 
 
-def test_first_request_without_handshake_already_names_the_server_mac():
-    run = Run()
+def test_first_request_without_handshake_already_names_the_server_mac(flow_table_class):
+    run = Run(flow_table_class)
     run(pkt(A, 40000, B, 9999, payload=msg(b"q", 1, b"x"), seq=1))
     run.table.finish()
     (req,) = run.events
     assert req.dst_mac == "00:80:f4:00:00:02" and run.flows[0].server_mac == "00:80:f4:00:00:02"
 
 
-def test_data_held_behind_a_gap_is_released_before_the_packet_that_acknowledges_it():
+def test_data_held_behind_a_gap_is_released_before_the_packet_that_acknowledges_it(flow_table_class):
     """A request after uncaptured bytes comes out before its response, at its own packet."""
-    run = Run()
+    run = Run(flow_table_class)
     handshake(run)
     lost, req, resp = msg(b"q", 1, b"lost"), msg(b"q", 2, b"req"), msg(b"r", 2, b"req")
     run(pkt(A, 40000, B, 9999, seq=101 + len(lost), payload=req))          # packet 4, after a hole
@@ -147,8 +150,8 @@ def test_data_held_behind_a_gap_is_released_before_the_packet_that_acknowledges_
     assert response.kind == "response" and response.request_packet == 4 and not response.anomalies
 
 
-def test_idle_sweeps_resume_after_the_clock_is_stepped_back():
-    run = Run(tcp_idle=60.0)
+def test_idle_sweeps_resume_after_the_clock_is_stepped_back(flow_table_class):
+    run = Run(flow_table_class, tcp_idle=60.0)
     run(pkt(A, 40001, B, 9999, SYN, seq=1), ts=10_000.0)
     run(pkt(A, 40002, B, 9999, SYN, seq=1), ts=100.0)      # NTP stepped the clock back
     run(pkt(A, 40003, B, 9999, SYN, seq=1), ts=200.0)      # 100 s later: 40002 is idle
@@ -160,8 +163,8 @@ def _client(run, offset, payload, ack=501):
     run(pkt(A, 40000, B, 9999, ACK, seq=101 + offset, ack=ack, payload=payload))
 
 
-def test_messages_queued_behind_a_filled_hole_keep_their_own_packets():
-    run = Run()
+def test_messages_queued_behind_a_filled_hole_keep_their_own_packets(flow_table_class):
+    run = Run(flow_table_class)
     handshake(run)                                             # packets 1-3
     m1, m2, m3 = msg(b"q", 1, b"one"), msg(b"q", 2, b"two"), msg(b"q", 3, b"three")
     _client(run, len(m1), m2)                                  # 4: after a hole (m1 late)
@@ -172,8 +175,8 @@ def test_messages_queued_behind_a_filled_hole_keep_their_own_packets():
         ("one", 6, 6.0), ("two", 4, 4.0), ("three", 5, 5.0)]
 
 
-def test_message_split_around_a_hole_completes_at_the_segment_with_its_last_byte():
-    run = Run()
+def test_message_split_around_a_hole_completes_at_the_segment_with_its_last_byte(flow_table_class):
+    run = Run(flow_table_class)
     handshake(run)
     m1, m2, m3 = msg(b"q", 1, b"one"), msg(b"q", 2, b"two"), msg(b"q", 3, b"three")
     cut = len(m1) + 4                                          # inside m2
@@ -183,8 +186,8 @@ def test_message_split_around_a_hole_completes_at_the_segment_with_its_last_byte
     assert [(e.function, e.packet) for e in run.events] == [("one", 5), ("two", 4), ("three", 4)]
 
 
-def test_messages_after_a_hole_given_up_by_an_ack_keep_their_own_packets():
-    run = Run()
+def test_messages_after_a_hole_given_up_by_an_ack_keep_their_own_packets(flow_table_class):
+    run = Run(flow_table_class)
     handshake(run)
     m1, lost, m3, m4 = (msg(b"q", k, b"x" * k) for k in (1, 2, 3, 4))
     _client(run, 0, m1)                                        # 4
@@ -197,8 +200,8 @@ def test_messages_after_a_hole_given_up_by_an_ack_keep_their_own_packets():
     assert run.health.gaps == 1
 
 
-def test_queued_messages_given_up_at_the_end_of_the_input_keep_their_own_packets():
-    run = Run()
+def test_queued_messages_given_up_at_the_end_of_the_input_keep_their_own_packets(flow_table_class):
+    run = Run(flow_table_class)
     handshake(run)
     m1, m2, m3 = msg(b"q", 1, b"one"), msg(b"q", 2, b"two"), msg(b"q", 3, b"three")
     _client(run, len(m1), m2)                                  # 4: m1 never captured
@@ -207,9 +210,9 @@ def test_queued_messages_given_up_at_the_end_of_the_input_keep_their_own_packets
     assert [(e.function, e.packet, e.ts) for e in run.events] == [("two", 4, 4.0), ("three", 5, 5.0)]
 
 
-def test_first_bytes_awaiting_detection_then_a_filled_hole():
+def test_first_bytes_awaiting_detection_then_a_filled_hole(flow_table_class):
     """Detection sees held bytes + released segments: the packets still line up."""
-    run = Run()
+    run = Run(flow_table_class)
     handshake(run)
     m1, m2, m3 = msg(b"q", 1, b"one"), msg(b"q", 2, b"two"), msg(b"q", 3, b"three")
     _client(run, 0, m1[:3])                                    # 4: too short to recognise
@@ -219,11 +222,11 @@ def test_first_bytes_awaiting_detection_then_a_filled_hole():
     assert [(e.function, e.packet) for e in run.events] == [("one", 6), ("two", 6), ("three", 5)]
 
 
-def test_the_other_directions_bytes_held_until_detection_keep_their_own_packets():
+def test_the_other_directions_bytes_held_until_detection_keep_their_own_packets(flow_table_class):
     """A capture starting mid-connection: the server's first segments are not recognised
     (they begin with the tail of an earlier message) and are held; the client's request
     then identifies the protocol, and the held responses are decoded at their own packets."""
-    run = Run()
+    run = Run(flow_table_class)
     first = b"xx" + msg(b"r", 7, b"a")
     run(pkt(B, 9999, A, 40000, seq=1000, payload=first))                        # 1
     run(pkt(B, 9999, A, 40000, seq=1000 + len(first), payload=msg(b"r", 8, b"b")))  # 2

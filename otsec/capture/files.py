@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 #: Bytes asked of the OS per read: large enough that refills are rare per packet.
 CHUNK_SIZE = 1 << 20
@@ -170,10 +170,12 @@ class CaptureReader:
             )
         snaplen, linktype = struct.unpack_from(order + "II", head, 16)
         self.format = "pcap"
-        self._order = order
-        self._per_sec = per_sec
-        self._linktype = linktype & 0xFFFF   # upper bits carry FCS-length flags
-        self._caplen_limit = max(snaplen, MIN_CAPLEN_LIMIT)
+        #: classic pcap: byte order ("<"/">"), timestamp units per second, link type and
+        #: the largest record accepted (for readers that walk the buffer themselves)
+        self.byte_order = order
+        self.per_sec = per_sec
+        self.linktype = linktype & 0xFFFF   # upper bits carry FCS-length flags
+        self.caplen_limit = max(snaplen, MIN_CAPLEN_LIMIT)
         self._buf = b""
         self.offset = PCAP_HEADER_LEN
 
@@ -236,46 +238,68 @@ class CaptureReader:
             self.error = f"{self.path}: {what} at byte {offset} (packet {self.packets + 1}): {detail}"
 
     def _iter_pcap(self):
-        unpack_record = struct.Struct(self._order + "IIII").unpack_from
-        per_sec = self._per_sec
-        linktype = self._linktype
-        limit = self._caplen_limit
+        unpack_record = struct.Struct(self.byte_order + "IIII").unpack_from
+        per_sec = self.per_sec
+        linktype = self.linktype
+        limit = self.caplen_limit
         buf, pos, base = self._buf, 0, self.offset   # base = file offset of buf[0]
-        end_buf = len(buf)
         number = 0
         while True:
-            if end_buf - pos < PCAP_RECORD_LEN:
-                base += pos
-                buf, pos = self._refill(buf, pos, PCAP_RECORD_LEN), 0
-                end_buf = len(buf)
-                if end_buf == 0:
-                    return
-                if end_buf < PCAP_RECORD_LEN:
-                    self._fail(base, "truncated packet record header",
-                               f"{PCAP_RECORD_LEN} bytes needed, {end_buf} present")
-                    return
-            sec, frac, caplen, _ = unpack_record(buf, pos)
-            if caplen > limit:
-                self._fail(base + pos, "corrupt packet record",
-                           f"captured length {caplen} exceeds limit {limit}")
+            if len(buf) - pos >= PCAP_RECORD_LEN:
+                sec, frac, caplen, _ = unpack_record(buf, pos)
+                stop = pos + PCAP_RECORD_LEN + caplen
+                if caplen <= limit and stop <= len(buf):
+                    number += 1
+                    self.packets = number
+                    self.offset = base + stop
+                    yield number, (sec * per_sec + frac) / per_sec, linktype, buf[pos + PCAP_RECORD_LEN:stop]
+                    pos = stop
+                    continue
+            buf, pos, base = self._next_pcap_buffer(buf, pos, base)
+            if buf is None:
                 return
-            start = pos + PCAP_RECORD_LEN
-            stop = start + caplen
-            if stop > end_buf:
-                base += pos
-                buf, pos = self._refill(buf, pos, PCAP_RECORD_LEN + caplen), 0
-                end_buf = len(buf)
-                start = PCAP_RECORD_LEN
-                stop = start + caplen
-                if stop > end_buf:
-                    self._fail(base, "truncated packet record",
-                               f"header says {caplen} bytes, {end_buf - start} present")
-                    return
-            number += 1
+
+    def walk_pcap(self, take: Callable[[bytes, int, int], tuple[int, int]]) -> None:
+        """Classic pcap only: hand the read buffer to ``take(buf, pos, number)``, which
+        consumes every whole record it can from ``pos`` (numbering them after ``number``)
+        and returns ``(pos, number)`` after them. Refills, truncated and corrupt records
+        are handled here, exactly as when iterating. The compiled flow layer walks its
+        records this way, with no Python object per packet."""
+        buf, pos, base = self._buf, 0, self.offset
+        number = 0
+        while True:
+            pos, number = take(buf, pos, number)
             self.packets = number
-            self.offset = base + stop
-            yield number, (sec * per_sec + frac) / per_sec, linktype, buf[start:stop]
-            pos = stop
+            self.offset = base + pos
+            buf, pos, base = self._next_pcap_buffer(buf, pos, base)
+            if buf is None:
+                return
+
+    def _next_pcap_buffer(self, buf: bytes, pos: int, base: int) -> tuple[bytes | None, int, int]:
+        """The record at ``buf[pos]`` is not whole in the buffer, or is corrupt: refill so
+        that it is whole, or record why the walk ends there (buf None)."""
+        if len(buf) - pos < PCAP_RECORD_LEN:
+            base += pos
+            buf, pos = self._refill(buf, pos, PCAP_RECORD_LEN), 0
+            if not buf:
+                return None, 0, base
+            if len(buf) < PCAP_RECORD_LEN:
+                self._fail(base, "truncated packet record header",
+                           f"{PCAP_RECORD_LEN} bytes needed, {len(buf)} present")
+                return None, 0, base
+        caplen = struct.unpack_from(self.byte_order + "I", buf, pos + 8)[0]
+        if caplen > self.caplen_limit:
+            self._fail(base + pos, "corrupt packet record",
+                       f"captured length {caplen} exceeds limit {self.caplen_limit}")
+            return None, 0, base
+        if pos + PCAP_RECORD_LEN + caplen > len(buf):
+            base += pos
+            buf, pos = self._refill(buf, pos, PCAP_RECORD_LEN + caplen), 0
+            if PCAP_RECORD_LEN + caplen > len(buf):
+                self._fail(base, "truncated packet record",
+                           f"header says {caplen} bytes, {len(buf) - PCAP_RECORD_LEN} present")
+                return None, 0, base
+        return buf, pos, base
 
     def _iter_pcapng(self):
         buf, pos, base = self._buf, 0, 0

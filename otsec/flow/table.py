@@ -21,6 +21,7 @@ import struct
 from operator import attrgetter
 from typing import Callable
 
+from otsec.capture import parse_packet
 from otsec.decoders.base import NEED_MORE, Decoder
 from otsec.flow.reassembly import Stream
 from otsec.flow.services import service_name
@@ -80,6 +81,84 @@ def _decodes_cleanly(dec: Decoder, msg: bytes, from_client: bool) -> bool:
     return bool(events) and not any(ev.anomalies for ev in events)
 
 
+def port_maps(decoders: tuple[Decoder, ...], ports: dict[str, tuple[int, ...]]
+              ) -> tuple[dict[int, list[Decoder]], dict[str, frozenset[int]]]:
+    """The decoders registered on each port, and each decoder's server ports (``ports``
+    overrides a decoder's defaults)."""
+    by_port: dict[int, list[Decoder]] = {}
+    ports_of: dict[str, frozenset[int]] = {}
+    for dec in decoders:
+        ports_of[dec.name] = frozenset(ports.get(dec.name, dec.ports))
+        for port in ports_of[dec.name]:
+            by_port.setdefault(port, []).append(dec)
+    return by_port, ports_of
+
+
+def shard_of(pkt: tuple, count: int) -> int:
+    """Shard owning a packet's connection: symmetric in direction, stable across processes."""
+    return (pkt[2][-1] + pkt[3][-1] + pkt[5] + pkt[6]) % count
+
+
+def detect(decoders: tuple[Decoder, ...], by_port: dict[int, list[Decoder]], flow: Flow,
+           data: bytes, from_client: bool) -> Decoder | bool:
+    """Pick the decoder for a new connection from its first bytes.
+
+    On a port registered for the decoder a passing probe is enough (as in Wireshark).
+    Off its ports the first message must also frame and decode without anomaly flags,
+    so look-alike bytes on arbitrary ports are not taken for an industrial protocol.
+    Returns the decoder, or whether a probe passed on a message not yet complete.
+    """
+    on_port = by_port.get(flow.server_port, []) + by_port.get(flow.client_port, [])
+    for dec in on_port:
+        # offset 1 too: a connection picked up mid-stream may begin with the byte of a
+        # TCP keep-alive probe (seq = next - 1), which cannot be told apart from data
+        if dec.probe(data, 0) or (len(data) > 1 and dec.probe(data, 1)):
+            return dec
+    incomplete = False
+    for dec in decoders:
+        if dec not in on_port and dec.probe(data, 0):
+            n = dec.frame(data, 0)
+            if n == NEED_MORE:
+                incomplete = True
+            elif n > 0 and _decodes_cleanly(dec, data[:n], from_client):
+                return dec
+    return incomplete
+
+
+def new_flow(by_port: dict[int, list[Decoder]], pkt_no: int, ts: float, sip: bytes, dip: bytes,
+             proto: int, sport: int, dport: int, flags: int) -> tuple[Flow, bool]:
+    """The record of a connection first seen in this packet, and whether its sender is
+    the client (known from a SYN, else guessed from the ports)."""
+    known = proto == TCP and bool(flags & SYN)
+    if known:
+        sender_is_client = not flags & ACK
+    else:
+        sender_is_client = _looks_like_client(by_port, proto, sport, dport)
+    if sender_is_client:
+        cip, cport, sip_, sport_ = sip, sport, dip, dport
+    else:
+        cip, cport, sip_, sport_ = dip, dport, sip, sport
+    transport = _TRANSPORT.get(proto, f"ip-{proto}")
+    flow = Flow(
+        flow_id=community_id(sip, dip, proto, sport, dport),
+        transport=transport, client_ip=ip_text(cip), client_port=cport,
+        server_ip=ip_text(sip_), server_port=sport_, initiator_known=known,
+        app=service_name(transport, sport_) or "unknown",
+        first_ts=ts, last_ts=ts, first_packet=pkt_no, last_packet=pkt_no,
+    )
+    return flow, sender_is_client
+
+
+def _looks_like_client(by_port: dict[int, list[Decoder]], proto: int, sport: int, dport: int) -> bool:
+    """Without a handshake, the side on a known service port is the server."""
+    transport = _TRANSPORT.get(proto, "")
+    d_known = dport in by_port or service_name(transport, dport) is not None
+    s_known = sport in by_port or service_name(transport, sport) is not None
+    if d_known != s_known:
+        return d_known
+    return sport >= dport
+
+
 class FlowState:
     """Live state of one connection."""
 
@@ -107,14 +186,10 @@ class FlowTable:
                  on_event: Callable[[Event], None], on_flow: Callable[[Flow], None],
                  health: Health, *, max_flows: int = DEFAULT_MAX_FLOWS,
                  tcp_idle: float = DEFAULT_TCP_IDLE, udp_idle: float = DEFAULT_UDP_IDLE,
-                 closed_linger: float = CLOSED_LINGER):
+                 closed_linger: float = CLOSED_LINGER, shard: tuple[int, int] | None = None):
         self.decoders = decoders
-        self.by_port: dict[int, list[Decoder]] = {}
-        self.ports_of: dict[str, frozenset[int]] = {}
-        for dec in decoders:
-            self.ports_of[dec.name] = frozenset(ports.get(dec.name, dec.ports))
-            for port in self.ports_of[dec.name]:
-                self.by_port.setdefault(port, []).append(dec)
+        self.by_port, self.ports_of = port_maps(decoders, ports)
+        self.shard = shard
         self.on_event = on_event
         self.on_flow = on_flow
         self.health = health
@@ -152,6 +227,20 @@ class FlowTable:
         elif ts < self._sweep_floor:
             self._next_sweep = ts   # the clock was stepped back: sweep from the new time on
             self._sweep_floor = ts - 2 * SWEEP_INTERVAL
+
+    def frame(self, pkt_no: int, ts: float, linktype: int, frame: bytes) -> str | None:
+        """Parse a captured frame and process it; returns why it carries no usable IP
+        packet (a capture.REASONS string), else None. With a ``shard`` (index, count), a
+        packet of a connection another shard owns only advances time."""
+        pkt = parse_packet(linktype, frame)
+        if pkt.__class__ is str:
+            return pkt
+        shard = self.shard
+        if shard is not None and shard_of(pkt, shard[1]) != shard[0]:
+            self.tick(pkt_no, ts)
+        else:
+            self.packet(pkt_no, ts, pkt)
+        return None
 
     def packet(self, pkt_no: int, ts: float, pkt: tuple) -> None:
         src_mac, dst_mac, sip, dip, proto, sport, dport, flags, seq, ack, payload = pkt
@@ -284,29 +373,8 @@ class FlowTable:
             self.on_event(ev)
 
     def _detect(self, st: FlowState, data: bytes, from_client: bool) -> Session | bool:
-        """Pick the decoder for a new connection from its first bytes.
-
-        On a port registered for the decoder a passing probe is enough (as in Wireshark).
-        Off its ports the first message must also frame and decode without anomaly flags,
-        so look-alike bytes on arbitrary ports are not taken for an industrial protocol.
-        Returns the session, or whether a probe passed on a message not yet complete.
-        """
-        flow = st.flow
-        on_port = self.by_port.get(flow.server_port, []) + self.by_port.get(flow.client_port, [])
-        for dec in on_port:
-            # offset 1 too: a connection picked up mid-stream may begin with the byte of a
-            # TCP keep-alive probe (seq = next - 1), which cannot be told apart from data
-            if dec.probe(data, 0) or (len(data) > 1 and dec.probe(data, 1)):
-                return self._attach(st, dec)
-        incomplete = False
-        for dec in self.decoders:
-            if dec not in on_port and dec.probe(data, 0):
-                n = dec.frame(data, 0)
-                if n == NEED_MORE:
-                    incomplete = True
-                elif n > 0 and _decodes_cleanly(dec, data[:n], from_client):
-                    return self._attach(st, dec)
-        return incomplete
+        found = detect(self.decoders, self.by_port, st.flow, data, from_client)
+        return self._attach(st, found) if isinstance(found, Decoder) else found
 
     def _attach(self, st: FlowState, dec: Decoder) -> Session:
         """Start decoding. If the initiator sits on the protocol's server port (a device that
@@ -318,6 +386,15 @@ class FlowTable:
         st.flow.app = dec.name
         return st.session
 
+    @property
+    def open_count(self) -> int:
+        """Connections tracked now."""
+        return len(self.states)
+
+    def open_flows(self) -> list[Flow]:
+        """The connections tracked now, as their (still growing) flow records."""
+        return [st.flow for st in self.states.values()]
+
     # --- connection lifecycle ------------------------------------------------------
 
     @staticmethod
@@ -326,26 +403,12 @@ class FlowTable:
         return st.closed or st.flow.bytes_c2s > 0 or st.flow.bytes_s2c > 0
 
     def _new(self, pkt_no: int, ts: float, pkt: tuple) -> tuple[FlowState, bool]:
-        src_mac, dst_mac, sip, dip, proto, sport, dport, flags, seq, ack, payload = pkt
-        known = proto == TCP and bool(flags & SYN)
-        if known:
-            sender_is_client = not flags & ACK
-        else:
-            sender_is_client = self._looks_like_client(proto, sport, dport)
+        _, _, sip, dip, proto, sport, dport, flags, _, _, _ = pkt
+        flow, sender_is_client = new_flow(self.by_port, pkt_no, ts, sip, dip, proto, sport, dport, flags)
         if sender_is_client:
-            cip, cport, sip_, sport_ = sip, sport, dip, dport
+            c2s, s2c = (sip, sport, dip, dport, proto), (dip, dport, sip, sport, proto)
         else:
-            cip, cport, sip_, sport_ = dip, dport, sip, sport
-        transport = _TRANSPORT.get(proto, f"ip-{proto}")
-        flow = Flow(
-            flow_id=community_id(sip, dip, proto, sport, dport),
-            transport=transport, client_ip=ip_text(cip), client_port=cport,
-            server_ip=ip_text(sip_), server_port=sport_, initiator_known=known,
-            app=service_name(transport, sport_) or "unknown",
-            first_ts=ts, last_ts=ts, first_packet=pkt_no, last_packet=pkt_no,
-        )
-        c2s = (cip, cport, sip_, sport_, proto)
-        s2c = (sip_, sport_, cip, cport, proto)
+            c2s, s2c = (dip, dport, sip, sport, proto), (sip, sport, dip, dport, proto)
         st = FlowState(flow, (c2s, s2c), (self.source_index, pkt_no))
         self.index[c2s] = (st, True)
         self.index[s2c] = (st, False)
@@ -354,15 +417,6 @@ class FlowTable:
         if len(self.states) > self.max_flows:
             self._evict(ts)
         return st, sender_is_client
-
-    def _looks_like_client(self, proto: int, sport: int, dport: int) -> bool:
-        """Without a handshake, the side on a known service port is the server."""
-        transport = _TRANSPORT.get(proto, "")
-        d_known = dport in self.by_port or service_name(transport, dport) is not None
-        s_known = sport in self.by_port or service_name(transport, sport) is not None
-        if d_known != s_known:
-            return d_known
-        return sport >= dport
 
     def _end(self, st: FlowState) -> None:
         """Retire a connection: give up on holes, deliver what is queued, report the flow."""

@@ -1,0 +1,2293 @@
+/* The compiled flow layer: the C twin of otsec/flow/table.py, reassembly.py and session.py.
+ *
+ * The Python modules are the reference: this file does exactly what they do, in the same
+ * order, so that both give identical events, flows and counters (tests/test_flow_table.py
+ * runs its cases on both, tests/test_flow_compiled_equivalence.py compares them on every
+ * corpus capture and on random packet sequences). What it changes is where the work
+ * happens: packet parsing, the connection index, TCP reassembly, framing and event context
+ * run on C structs, and Python is called only for what stays in Python:
+ *
+ *   new_flow()  the Flow record of a new connection (Community ID, service name)
+ *   detect()    which decoder a new connection speaks (the decoders' probes)
+ *   decoder.frame / probe / decode, and the on_event / on_flow callbacks.
+ *
+ * Per connection (Conn), both directions share one entry reached from two index slots
+ * (client->server and server->client keys), as in table.py. Bounds on memory are the
+ * Python ones (the constants are read from the Python modules at import).
+ *
+ * Lifetime: a connection that ends is unlinked at once but freed only when the call that
+ * ended it returns (the Python code may go on using its state in the same packet).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "_parse.h"
+
+#define TCP 6
+#define FIN 0x01
+#define SYN 0x02
+#define RST 0x04
+#define ACK 0x10
+
+/* Limits, read from the Python modules at import so that both twins share one value. */
+static long DETECTION_ATTEMPTS, DETECTION_WINDOW, MAX_MESSAGE_AWAITED, MAX_HELD_SEGMENTS;
+static double CLOSED_LINGER, SWEEP_INTERVAL;
+static long MAX_QUEUED_SEGMENTS, MAX_QUEUED_BYTES;
+static Py_ssize_t MAX_BUFFERED_BYTES, SYNC_TAIL, MAX_PENDING_REQUESTS;
+static long DEFAULT_MAX_FLOWS;
+static double DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE;
+
+/* Python helpers shared with table.py */
+static PyObject *py_new_flow, *py_detect, *py_port_maps;
+static PyObject *EMPTY_BYTES;
+
+/* interned attribute names */
+static PyObject *S_capture, *S_flow_id, *S_src_ip, *S_src_port, *S_src_mac, *S_dst_ip,
+    *S_dst_port, *S_dst_mac, *S_packet, *S_ts, *S_protocol, *S_pair_key, *S_kind,
+    *S_anomalies, *S_request_packet, *S_targets, *S_request, *S_response, *S_name,
+    *S_probe, *S_frame, *S_decode, *S_new_state, *S_decoded, *S_app, *S_client_ip,
+    *S_server_ip, *S_client_port, *S_server_port, *S_last_ts, *S_last_packet,
+    *S_packets_c2s, *S_packets_s2c, *S_bytes_c2s, *S_bytes_s2c, *S_client_mac,
+    *S_server_mac, *S_events, *S_gaps, *S_tcp_overlap, *S_messages, *S_anomalous,
+    *S_h_gaps, *S_resyncs, *S_unframeable_bytes, *S_buffer_overflows,
+    *S_unpaired_responses, *S_unanswered_requests, *S_truncated_at_eof,
+    *S_decoder_errors, *S_flows, *S_flows_timed_out, *S_flows_evicted,
+    *S_retransmitted_bytes, *S_overlap_conflicts, *S_gap_bytes, *S_unpaired_suffix;
+
+/* ---------------------------------------------------------------------------------- */
+/* small helpers                                                                        */
+
+static int
+as_int(PyObject *o)
+{
+    long v = PyLong_AsLong(o);
+    if (v > INT_MAX || v < INT_MIN) {
+        PyErr_SetString(PyExc_OverflowError, "value out of range");
+        return -1;
+    }
+    return (int)v;
+}
+
+/* obj.name += n for an int attribute (Health counters, Flow counters at the end). */
+static int
+attr_add(PyObject *obj, PyObject *name, long long n)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    PyObject *d = PyLong_FromLongLong(n);
+    if (d == NULL) {
+        Py_DECREF(v);
+        return -1;
+    }
+    PyObject *s = PyNumber_Add(v, d);
+    Py_DECREF(v);
+    Py_DECREF(d);
+    if (s == NULL)
+        return -1;
+    int r = PyObject_SetAttr(obj, name, s);
+    Py_DECREF(s);
+    return r;
+}
+
+static int
+set_long_attr(PyObject *obj, PyObject *name, long long v)
+{
+    PyObject *o = PyLong_FromLongLong(v);
+    if (o == NULL)
+        return -1;
+    int r = PyObject_SetAttr(obj, name, o);
+    Py_DECREF(o);
+    return r;
+}
+
+static int
+set_float_attr(PyObject *obj, PyObject *name, double v)
+{
+    PyObject *o = PyFloat_FromDouble(v);
+    if (o == NULL)
+        return -1;
+    int r = PyObject_SetAttr(obj, name, o);
+    Py_DECREF(o);
+    return r;
+}
+
+/* d[name] += n for the table's counters dict. */
+static int
+dict_add(PyObject *d, PyObject *name, long long n)
+{
+    PyObject *v = PyDict_GetItemWithError(d, name);
+    if (v == NULL && PyErr_Occurred())
+        return -1;
+    PyObject *o = PyLong_FromLongLong((v ? PyLong_AsLongLong(v) : 0) + n);
+    if (o == NULL)
+        return -1;
+    int r = PyDict_SetItem(d, name, o);
+    Py_DECREF(o);
+    return r;
+}
+
+/* mac_text(): "aa:bb:cc:dd:ee:ff" */
+static PyObject *
+mac_text(const unsigned char *mac)
+{
+    static const char hex[] = "0123456789abcdef";
+    char out[17];
+    for (int i = 0; i < 6; i++) {
+        out[i * 3] = hex[mac[i] >> 4];
+        out[i * 3 + 1] = hex[mac[i] & 15];
+        if (i < 5)
+            out[i * 3 + 2] = ':';
+    }
+    return PyUnicode_FromStringAndSize(out, 17);
+}
+
+/* Signed distance a - b in sequence space (reassembly.seq_diff). */
+static inline int64_t
+seq_diff(uint32_t a, uint32_t b)
+{
+    uint32_t d = a - b;
+    return d >= 0x80000000u ? (int64_t)d - 0x100000000LL : (int64_t)d;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Bounds: (end offset, packet, ts) of each segment joined into released data           */
+
+typedef struct {
+    Py_ssize_t end;
+    long long packet;
+    double ts;
+} Bound;
+
+typedef struct {
+    Bound *v;
+    Py_ssize_t n, cap;
+} Bounds;
+
+static int
+bounds_push(Bounds *b, Py_ssize_t end, long long packet, double ts)
+{
+    if (b->n == b->cap) {
+        Py_ssize_t cap = b->cap ? b->cap * 2 : 8;
+        Bound *v = PyMem_Realloc(b->v, cap * sizeof(Bound));
+        if (v == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->v = v;
+        b->cap = cap;
+    }
+    b->v[b->n].end = end;
+    b->v[b->n].packet = packet;
+    b->v[b->n].ts = ts;
+    b->n++;
+    return 0;
+}
+
+static void
+bounds_free(Bounds *b)
+{
+    PyMem_Free(b->v);
+    b->v = NULL;
+    b->n = b->cap = 0;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Stream: one TCP direction (reassembly.Stream)                                       */
+
+typedef struct {
+    uint32_t seq;
+    PyObject *data;     /* bytes */
+    long long packet;   /* arrival: the packet that brought the segment's last byte */
+    double ts;
+} Seg;
+
+typedef struct {
+    int has_next;
+    uint32_t next_seq;
+    Seg *queue;         /* in insertion order, like the Python dict */
+    Py_ssize_t qlen, qcap;
+    Py_ssize_t queued_bytes;
+    long long gaps, gap_bytes, overlap_conflicts, retransmitted_bytes;
+    int gapped;
+    int has_bounds;     /* bounds is not None */
+    Bounds bounds;
+} Stream;
+
+static void
+stream_free(Stream *s)
+{
+    for (Py_ssize_t i = 0; i < s->qlen; i++)
+        Py_DECREF(s->queue[i].data);
+    PyMem_Free(s->queue);
+    s->queue = NULL;
+    s->qlen = s->qcap = 0;
+    bounds_free(&s->bounds);
+}
+
+static Py_ssize_t
+stream_find(Stream *s, uint32_t seq)
+{
+    for (Py_ssize_t i = 0; i < s->qlen; i++)
+        if (s->queue[i].seq == seq)
+            return i;
+    return -1;
+}
+
+/* remove queue[i], keeping the order of the rest; the caller owns the data reference */
+static Seg
+stream_take(Stream *s, Py_ssize_t i)
+{
+    Seg seg = s->queue[i];
+    memmove(s->queue + i, s->queue + i + 1, (s->qlen - i - 1) * sizeof(Seg));
+    s->qlen--;
+    return seg;
+}
+
+static void
+stream_syn(Stream *s, uint32_t seq)
+{
+    if (!s->has_next) {
+        s->has_next = 1;
+        s->next_seq = seq + 1;
+    }
+}
+
+static int
+stream_enqueue(Stream *s, uint32_t seq, PyObject *data, long long packet, double ts)
+{
+    Py_ssize_t i = stream_find(s, seq);
+    Py_ssize_t len = PyBytes_GET_SIZE(data);
+    if (i >= 0) {
+        PyObject *held = s->queue[i].data;
+        Py_ssize_t hlen = PyBytes_GET_SIZE(held);
+        const char *h = PyBytes_AS_STRING(held), *d = PyBytes_AS_STRING(data);
+        if (hlen >= len) {
+            if (memcmp(h, d, len) != 0)
+                s->overlap_conflicts++;
+            s->retransmitted_bytes += len;
+            return 0;
+        }
+        if (memcmp(d, h, hlen) != 0)
+            s->overlap_conflicts++;
+        /* first copy wins for the bytes it covered */
+        PyObject *joined = PyBytes_FromStringAndSize(NULL, len);
+        if (joined == NULL)
+            return -1;
+        memcpy(PyBytes_AS_STRING(joined), h, hlen);
+        memcpy(PyBytes_AS_STRING(joined) + hlen, d + hlen, len - hlen);
+        s->queued_bytes -= hlen;
+        Py_DECREF(held);
+        s->queue[i].data = joined;
+        s->queue[i].packet = packet;
+        s->queue[i].ts = ts;
+        s->queued_bytes += len;
+        return 0;
+    }
+    if (s->qlen == s->qcap) {
+        Py_ssize_t cap = s->qcap ? s->qcap * 2 : 4;
+        Seg *q = PyMem_Realloc(s->queue, cap * sizeof(Seg));
+        if (q == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        s->queue = q;
+        s->qcap = cap;
+    }
+    Py_INCREF(data);
+    s->queue[s->qlen].seq = seq;
+    s->queue[s->qlen].data = data;
+    s->queue[s->qlen].packet = packet;
+    s->queue[s->qlen].ts = ts;
+    s->qlen++;
+    s->queued_bytes += len;
+    return 0;
+}
+
+/* _pop_overlapping: a queued segment starting before the head; 0 found, 1 none, -1 error */
+static int
+stream_pop_overlapping(Stream *s, Seg *out)
+{
+    Py_ssize_t i = 0;
+    while (i < s->qlen) {
+        int64_t d = seq_diff(s->queue[i].seq, s->next_seq);
+        if (d < 0) {
+            Seg seg = stream_take(s, i);
+            Py_ssize_t len = PyBytes_GET_SIZE(seg.data);
+            s->queued_bytes -= len;
+            if (-d < len) {
+                s->retransmitted_bytes += -d;
+                PyObject *rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(seg.data) + (-d), len + d);
+                Py_DECREF(seg.data);
+                if (rest == NULL)
+                    return -1;
+                seg.data = rest;
+                *out = seg;
+                return 0;
+            }
+            s->retransmitted_bytes += len;
+            Py_DECREF(seg.data);
+            continue;
+        }
+        i++;
+    }
+    return 1;
+}
+
+/* _drain: append every queued segment that touches the head to parts (and bounds). */
+static PyObject *
+stream_drain(Stream *s, PyObject *parts)
+{
+    Py_ssize_t size = s->bounds.n ? s->bounds.v[s->bounds.n - 1].end : 0;
+    while (s->qlen) {
+        Seg seg;
+        Py_ssize_t i = stream_find(s, s->next_seq);
+        if (i >= 0) {
+            seg = stream_take(s, i);
+            s->queued_bytes -= PyBytes_GET_SIZE(seg.data);
+        } else {
+            int r = stream_pop_overlapping(s, &seg);
+            if (r < 0)
+                return NULL;
+            if (r == 1)
+                break;
+        }
+        Py_ssize_t len = PyBytes_GET_SIZE(seg.data);
+        size += len;
+        if (bounds_push(&s->bounds, size, seg.packet, seg.ts) < 0 || PyList_Append(parts, seg.data) < 0) {
+            Py_DECREF(seg.data);
+            return NULL;
+        }
+        Py_DECREF(seg.data);
+        s->next_seq += (uint32_t)len;
+    }
+    return _PyBytes_Join(EMPTY_BYTES, parts);
+}
+
+/* skip_gap: give up on the current hole, jump to the first queued segment, drain. */
+static PyObject *
+stream_skip_gap(Stream *s)
+{
+    if (!s->qlen) {
+        Py_INCREF(EMPTY_BYTES);
+        return EMPTY_BYTES;
+    }
+    Py_ssize_t best = 0;
+    int64_t best_d = seq_diff(s->queue[0].seq, s->next_seq);
+    for (Py_ssize_t i = 1; i < s->qlen; i++) {
+        int64_t d = seq_diff(s->queue[i].seq, s->next_seq);
+        if (d < best_d) {
+            best = i;
+            best_d = d;
+        }
+    }
+    s->gaps++;
+    s->gap_bytes += best_d > 0 ? best_d : 0;
+    s->next_seq = s->queue[best].seq;
+    s->has_bounds = 1;
+    s->bounds.n = 0;
+    PyObject *parts = PyList_New(0);
+    if (parts == NULL)
+        return NULL;
+    PyObject *out = stream_drain(s, parts);
+    Py_DECREF(parts);
+    s->gapped = 1;
+    return out;
+}
+
+/* push: add a segment; return the bytes that became contiguous (maybe empty). */
+static PyObject *
+stream_push(Stream *s, uint32_t seq, PyObject *data, long long packet, double ts)
+{
+    s->gapped = 0;
+    s->has_bounds = 0;
+    s->bounds.n = 0;
+    if (!s->has_next) {
+        s->has_next = 1;
+        s->next_seq = seq;
+    }
+    int64_t d = seq_diff(seq, s->next_seq);
+    Py_ssize_t len = PyBytes_GET_SIZE(data);
+    if (d == 0 && !s->qlen) {
+        s->next_seq = seq + (uint32_t)len;
+        Py_INCREF(data);
+        return data;
+    }
+    PyObject *own = data;
+    Py_INCREF(own);
+    if (d < 0) {
+        if (-d >= len) {
+            s->retransmitted_bytes += len;
+            Py_DECREF(own);
+            Py_INCREF(EMPTY_BYTES);
+            return EMPTY_BYTES;
+        }
+        s->retransmitted_bytes += -d;
+        Py_DECREF(own);
+        own = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + (-d), len + d);
+        if (own == NULL)
+            return NULL;
+        len = PyBytes_GET_SIZE(own);
+        seq = s->next_seq;
+        d = 0;
+    }
+    if (d == 0) {
+        s->next_seq = seq + (uint32_t)len;
+        if (!s->qlen)
+            return own;
+        s->has_bounds = 1;
+        if (bounds_push(&s->bounds, len, packet, ts) < 0) {
+            Py_DECREF(own);
+            return NULL;
+        }
+        PyObject *parts = PyList_New(1);
+        if (parts == NULL) {
+            Py_DECREF(own);
+            return NULL;
+        }
+        PyList_SET_ITEM(parts, 0, own);
+        PyObject *out = stream_drain(s, parts);
+        Py_DECREF(parts);
+        return out;
+    }
+    int r = stream_enqueue(s, seq, own, packet, ts);
+    Py_DECREF(own);
+    if (r < 0)
+        return NULL;
+    if (s->qlen > MAX_QUEUED_SEGMENTS || s->queued_bytes > MAX_QUEUED_BYTES)
+        return stream_skip_gap(s);
+    Py_INCREF(EMPTY_BYTES);
+    return EMPTY_BYTES;
+}
+
+/* acked: the peer acknowledged up to ack; a queued hole below it is given up. */
+static PyObject *
+stream_acked(Stream *s, uint32_t ack)
+{
+    if (s->qlen && s->has_next && seq_diff(ack, s->next_seq) > 0)
+        return stream_skip_gap(s);
+    Py_INCREF(EMPTY_BYTES);
+    return EMPTY_BYTES;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Session: one decoder over one connection (session.Session)                          */
+
+typedef struct {
+    PyObject *probe, *frame, *decode, *state;
+    PyObject *bufs[2];   /* index 1: client -> server (the decoder's client) */
+    int syncing[2];
+    PyObject *pending;   /* dict: pair key -> request event */
+    PyObject *protocols; /* set */
+} Session;
+
+static void
+session_free(Session *ss)
+{
+    if (ss == NULL)
+        return;
+    Py_XDECREF(ss->probe);
+    Py_XDECREF(ss->frame);
+    Py_XDECREF(ss->decode);
+    Py_XDECREF(ss->state);
+    Py_XDECREF(ss->bufs[0]);
+    Py_XDECREF(ss->bufs[1]);
+    Py_XDECREF(ss->pending);
+    Py_XDECREF(ss->protocols);
+    PyMem_Free(ss);
+}
+
+static Session *
+session_new(PyObject *decoder)
+{
+    Session *ss = PyMem_Calloc(1, sizeof(Session));
+    if (ss == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    if (!(ss->probe = PyObject_GetAttr(decoder, S_probe)) ||
+        !(ss->frame = PyObject_GetAttr(decoder, S_frame)) ||
+        !(ss->decode = PyObject_GetAttr(decoder, S_decode)))
+        goto fail;
+    PyObject *new_state = PyObject_GetAttr(decoder, S_new_state);
+    if (new_state == NULL)
+        goto fail;
+    ss->state = PyObject_CallNoArgs(new_state);
+    Py_DECREF(new_state);
+    if (ss->state == NULL)
+        goto fail;
+    Py_INCREF(EMPTY_BYTES);
+    ss->bufs[0] = EMPTY_BYTES;
+    Py_INCREF(EMPTY_BYTES);
+    ss->bufs[1] = EMPTY_BYTES;
+    ss->syncing[0] = ss->syncing[1] = 1;
+    if (!(ss->pending = PyDict_New()) || !(ss->protocols = PySet_New(NULL)))
+        goto fail;
+    return ss;
+fail:
+    session_free(ss);
+    return NULL;
+}
+
+/* frame(buf, pos) -> int; -2 on a Python error */
+static Py_ssize_t
+call_frame(Session *ss, PyObject *buf, Py_ssize_t pos)
+{
+    PyObject *p = PyLong_FromSsize_t(pos);
+    if (p == NULL)
+        return -2;
+    PyObject *args[2] = {buf, p};
+    PyObject *r = PyObject_Vectorcall(ss->frame, args, 2, NULL);
+    Py_DECREF(p);
+    if (r == NULL)
+        return -2;
+    Py_ssize_t n = PyLong_AsSsize_t(r);
+    Py_DECREF(r);
+    if (n == -1 && PyErr_Occurred())
+        return -2;
+    return n;
+}
+
+/* probe(buf, pos) -> 0/1; -1 on a Python error */
+static int
+call_probe(PyObject *probe, PyObject *buf, Py_ssize_t pos)
+{
+    PyObject *p = PyLong_FromSsize_t(pos);
+    if (p == NULL)
+        return -1;
+    PyObject *args[2] = {buf, p};
+    PyObject *r = PyObject_Vectorcall(probe, args, 2, NULL);
+    Py_DECREF(p);
+    if (r == NULL)
+        return -1;
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
+}
+
+typedef struct FlowTableObject FlowTableObject;
+
+/* _decode: decode one message; events (with packet and ts set) are appended to out. */
+static int
+session_decode(FlowTableObject *self, Session *ss, PyObject *msg, int from_client,
+               long long packet, double ts, PyObject *out);
+
+/* _find_start: the first position at or after pos where the probe accepts; -1 none, -2 error */
+static Py_ssize_t
+session_find_start(Session *ss, PyObject *buf, Py_ssize_t pos)
+{
+    Py_ssize_t len = PyBytes_GET_SIZE(buf);
+    for (Py_ssize_t p = pos; p < len; p++) {
+        int t = call_probe(ss->probe, buf, p);
+        if (t < 0)
+            return -2;
+        if (t)
+            return p;
+    }
+    return -1;
+}
+
+struct FlowTableObject {
+    PyObject_HEAD
+    PyObject *decoders, *by_port, *ports_of, *on_event, *on_flow, *health, *counters;
+    PyObject *capture;
+    PyObject *emitting;
+    long max_flows;
+    double tcp_idle, udp_idle, closed_linger;
+    long source_index;
+    double clock_packet;
+    double next_sweep, sweep_floor;
+    int shard_index, shard_count;  /* shard_count 0: no sharding */
+    /* connections, in creation order (the order Python's states dict iterates) */
+    struct Conn *first, *last;
+    Py_ssize_t open;
+    uint64_t serial;
+    struct Entry **buckets;
+    size_t nbuckets, nentries;
+    struct Conn *graveyard;     /* ended during the current call; freed when it returns */
+};
+
+/* health.<name> += n */
+static inline int
+health_add(FlowTableObject *self, PyObject *name, long long n)
+{
+    return attr_add(self->health, name, n);
+}
+
+static int
+session_decode(FlowTableObject *self, Session *ss, PyObject *msg, int from_client,
+               long long packet, double ts, PyObject *out)
+{
+    PyObject *args[3] = {msg, from_client ? Py_True : Py_False, ss->state};
+    PyObject *events = PyObject_Vectorcall(ss->decode, args, 3, NULL);
+    if (events == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return -1;
+        /* a decoder bug must not stop the sensor; it is counted */
+        PyErr_Clear();
+        return health_add(self, S_decoder_errors, 1);
+    }
+    PyObject *it = PyObject_GetIter(events);
+    Py_DECREF(events);
+    if (it == NULL)
+        return -1;
+    PyObject *pkt = PyLong_FromLongLong(packet), *t = PyFloat_FromDouble(ts);
+    PyObject *ev;
+    int rc = (pkt && t) ? 0 : -1;
+    long long count = 0;
+    while (rc == 0 && (ev = PyIter_Next(it)) != NULL) {
+        PyObject *proto;
+        if (PyObject_SetAttr(ev, S_packet, pkt) < 0 || PyObject_SetAttr(ev, S_ts, t) < 0 ||
+            (proto = PyObject_GetAttr(ev, S_protocol)) == NULL) {
+            rc = -1;
+        } else {
+            count++;
+            if (PySet_Add(ss->protocols, proto) < 0 || PyList_Append(out, ev) < 0)
+                rc = -1;
+            Py_DECREF(proto);
+        }
+        Py_DECREF(ev);
+    }
+    if (rc == 0 && PyErr_Occurred())
+        rc = -1;
+    Py_DECREF(it);
+    Py_XDECREF(pkt);
+    Py_XDECREF(t);
+    if (rc == 0 && count)
+        rc = health_add(self, S_messages, count);
+    return rc;
+}
+
+/* Session.feed: add contiguous bytes of one (decoder) direction; completed messages are
+ * appended to out, each with the packet that completed it (see session.py). bounds NULL
+ * is Python's None. */
+static int
+session_feed(FlowTableObject *self, Session *ss, PyObject *data, int from_client, int gapped,
+             long long packet, double ts, const Bounds *bounds, PyObject *out)
+{
+    int i = from_client ? 1 : 0;
+    if (gapped) {
+        if (health_add(self, S_h_gaps, 1) < 0)
+            return -1;
+        Py_INCREF(EMPTY_BYTES);
+        Py_SETREF(ss->bufs[i], EMPTY_BYTES);
+        ss->syncing[i] = 1;
+    }
+    PyObject *held = ss->bufs[i];
+    if (bounds == NULL && PyBytes_GET_SIZE(held) == 0 && !ss->syncing[i]) {
+        Py_ssize_t n = call_frame(ss, data, 0);
+        if (n == -2)
+            return -1;
+        if (n == PyBytes_GET_SIZE(data))  /* the common case: one whole message */
+            return session_decode(self, ss, data, from_client, packet, ts, out);
+    }
+    PyObject *buf;
+    if (PyBytes_GET_SIZE(held)) {
+        buf = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(held) + PyBytes_GET_SIZE(data));
+        if (buf == NULL)
+            return -1;
+        memcpy(PyBytes_AS_STRING(buf), PyBytes_AS_STRING(held), PyBytes_GET_SIZE(held));
+        memcpy(PyBytes_AS_STRING(buf) + PyBytes_GET_SIZE(held), PyBytes_AS_STRING(data),
+               PyBytes_GET_SIZE(data));
+    } else {
+        buf = data;
+        Py_INCREF(buf);
+    }
+    Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(buf), seg = 0, base = 0;
+    if (bounds != NULL)
+        base = end - bounds->v[bounds->n - 1].end;
+    while (pos < end) {
+        if (ss->syncing[i]) {
+            Py_ssize_t start = session_find_start(ss, buf, pos);
+            if (start == -2)
+                goto fail;
+            if (start < 0) {
+                /* keep a tail: a probe may need more of a message than has arrived */
+                Py_ssize_t keep = end - SYNC_TAIL > pos ? end - SYNC_TAIL : pos;
+                if (health_add(self, S_unframeable_bytes, keep - pos) < 0)
+                    goto fail;
+                pos = keep;
+                break;
+            }
+            if (start > pos) {
+                if (health_add(self, S_resyncs, 1) < 0 ||
+                    health_add(self, S_unframeable_bytes, start - pos) < 0)
+                    goto fail;
+            }
+            pos = start;
+            ss->syncing[i] = 0;
+        }
+        Py_ssize_t n = call_frame(ss, buf, pos);
+        if (n == -2)
+            goto fail;
+        if (n > 0) {
+            if (bounds != NULL) {
+                while (bounds->v[seg].end < pos + n - base)
+                    seg++;
+                packet = bounds->v[seg].packet;
+                ts = bounds->v[seg].ts;
+            }
+            PyObject *msg;
+            if (pos || n != end) {
+                Py_ssize_t take = n < end - pos ? n : end - pos;  /* a slice never overruns */
+                msg = PyBytes_FromStringAndSize(PyBytes_AS_STRING(buf) + pos, take);
+                if (msg == NULL)
+                    goto fail;
+            } else {
+                msg = buf;
+                Py_INCREF(msg);
+            }
+            int r = session_decode(self, ss, msg, from_client, packet, ts, out);
+            Py_DECREF(msg);
+            if (r < 0)
+                goto fail;
+            pos += n;
+        } else if (n == 0) {  /* NEED_MORE */
+            break;
+        } else {  /* UNFRAMEABLE: lost step with the stream; search for the next message */
+            ss->syncing[i] = 1;
+            pos += 1;
+            if (health_add(self, S_resyncs, 1) < 0 || health_add(self, S_unframeable_bytes, 1) < 0)
+                goto fail;
+        }
+    }
+    PyObject *rest;
+    if (pos) {
+        Py_ssize_t from = pos < end ? pos : end;
+        rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(buf) + from, end - from);
+        if (rest == NULL)
+            goto fail;
+    } else {
+        rest = buf;
+        Py_INCREF(rest);
+    }
+    if (PyBytes_GET_SIZE(rest) > MAX_BUFFERED_BYTES) {
+        if (health_add(self, S_buffer_overflows, 1) < 0) {
+            Py_DECREF(rest);
+            goto fail;
+        }
+        Py_DECREF(rest);
+        rest = EMPTY_BYTES;
+        Py_INCREF(rest);
+        ss->syncing[i] = 1;
+    }
+    Py_SETREF(ss->bufs[i], rest);
+    Py_DECREF(buf);
+    return 0;
+fail:
+    Py_DECREF(buf);
+    return -1;
+}
+
+/* Session.pair: match a response to its request once the event's context is set. */
+static int
+session_pair(FlowTableObject *self, Session *ss, PyObject *ev)
+{
+    PyObject *key = PyObject_GetAttr(ev, S_pair_key);
+    if (key == NULL)
+        return -1;
+    int rc = 0;
+    if (key != Py_None) {
+        PyObject *kind = PyObject_GetAttr(ev, S_kind);
+        if (kind == NULL) {
+            Py_DECREF(key);
+            return -1;
+        }
+        int is_req = PyUnicode_Check(kind) && PyUnicode_Compare(kind, S_request) == 0;
+        int is_resp = !is_req && PyUnicode_Check(kind) && PyUnicode_Compare(kind, S_response) == 0;
+        Py_DECREF(kind);
+        if (is_req) {
+            if (PyDict_GET_SIZE(ss->pending) >= MAX_PENDING_REQUESTS) {
+                Py_ssize_t p = 0;
+                PyObject *oldest, *v;
+                if (PyDict_Next(ss->pending, &p, &oldest, &v)) {
+                    Py_INCREF(oldest);
+                    rc = PyDict_DelItem(ss->pending, oldest);
+                    Py_DECREF(oldest);
+                }
+                if (rc == 0)
+                    rc = health_add(self, S_unanswered_requests, 1);
+            }
+            if (rc == 0)
+                rc = PyDict_SetItem(ss->pending, key, ev);
+        } else if (is_resp) {
+            PyObject *req = PyDict_GetItemWithError(ss->pending, key);
+            if (req == NULL) {
+                if (PyErr_Occurred()) {
+                    rc = -1;
+                } else {
+                    rc = health_add(self, S_unpaired_responses, 1);
+                    PyObject *proto = rc == 0 ? PyObject_GetAttr(ev, S_protocol) : NULL;
+                    PyObject *anomalies = proto ? PyObject_GetAttr(ev, S_anomalies) : NULL;
+                    PyObject *flag = anomalies ? PyUnicode_Concat(proto, S_unpaired_suffix) : NULL;
+                    if (flag == NULL || PyList_Append(anomalies, flag) < 0)
+                        rc = -1;
+                    Py_XDECREF(proto);
+                    Py_XDECREF(anomalies);
+                    Py_XDECREF(flag);
+                }
+            } else {
+                Py_INCREF(req);
+                rc = PyDict_DelItem(ss->pending, key);
+                PyObject *rp = rc == 0 ? PyObject_GetAttr(req, S_packet) : NULL;
+                if (rp == NULL || PyObject_SetAttr(ev, S_request_packet, rp) < 0) {
+                    rc = -1;
+                } else {
+                    PyObject *targets = PyObject_GetAttr(ev, S_targets);
+                    int has = targets ? PyObject_IsTrue(targets) : -1;
+                    Py_XDECREF(targets);
+                    if (has < 0) {
+                        rc = -1;
+                    } else if (!has) {
+                        PyObject *rt = PyObject_GetAttr(req, S_targets);
+                        if (rt == NULL || PyObject_SetAttr(ev, S_targets, rt) < 0)
+                            rc = -1;
+                        Py_XDECREF(rt);
+                    }
+                }
+                Py_XDECREF(rp);
+                Py_DECREF(req);
+            }
+        }
+    }
+    Py_DECREF(key);
+    if (rc < 0)
+        return -1;
+    PyObject *anomalies = PyObject_GetAttr(ev, S_anomalies);
+    if (anomalies == NULL)
+        return -1;
+    int t = PyObject_IsTrue(anomalies);
+    Py_DECREF(anomalies);
+    if (t < 0)
+        return -1;
+    return t ? health_add(self, S_anomalous, 1) : 0;
+}
+
+/* Session.finish: count what was left incomplete. */
+static int
+session_finish(FlowTableObject *self, Session *ss)
+{
+    for (int i = 0; i < 2; i++) {
+        if (PyBytes_GET_SIZE(ss->bufs[i]) && health_add(self, S_truncated_at_eof, 1) < 0)
+            return -1;
+        Py_INCREF(EMPTY_BYTES);
+        Py_SETREF(ss->bufs[i], EMPTY_BYTES);
+    }
+    if (health_add(self, S_unanswered_requests, PyDict_GET_SIZE(ss->pending)) < 0)
+        return -1;
+    PyDict_Clear(ss->pending);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Connections and the index                                                           */
+
+typedef struct {
+    uint8_t ip_len, proto;
+    uint16_t sport, dport;
+    uint8_t sip[16], dip[16];
+} Key;
+
+typedef struct Entry {
+    Key key;
+    struct Entry *next;
+    struct Conn *conn;
+    int from_client;
+} Entry;
+
+typedef struct Conn {
+    struct Conn *prev, *next;
+    uint64_t serial;
+    Entry entries[2];         /* client -> server, server -> client */
+    PyObject *flow, *order, *flow_id, *client_ip, *server_ip, *client_port, *server_port;
+    PyObject *client_mac, *server_mac;   /* str, or NULL for None */
+    long long packets[2], bytes[2];      /* index 1: client -> server */
+    long long last_packet, events;
+    double last_ts;
+    int proto;
+    Stream streams[2];                   /* index 1: client -> server */
+    Session *session;
+    int flip, attempts, fins, closed, ended;
+    PyObject *held[2];                   /* first bytes awaiting detection (bytes) */
+    Bounds held_bounds[2];
+} Conn;
+
+static uint64_t
+key_hash(const Key *k)
+{
+    uint64_t h = 1469598103934665603ULL;
+    const uint8_t *p = (const uint8_t *)k;
+    for (size_t i = 0; i < sizeof(Key); i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h ^ (h >> 29);
+}
+
+static void
+key_make(Key *k, const unsigned char *sip, uint16_t sport, const unsigned char *dip, uint16_t dport,
+         int ip_len, int proto)
+{
+    memset(k, 0, sizeof(Key));
+    k->ip_len = (uint8_t)ip_len;
+    k->proto = (uint8_t)proto;
+    k->sport = sport;
+    k->dport = dport;
+    memcpy(k->sip, sip, ip_len);
+    memcpy(k->dip, dip, ip_len);
+}
+
+static int
+index_grow(FlowTableObject *self)
+{
+    size_t n = self->nbuckets ? self->nbuckets * 2 : 1024;
+    Entry **b = PyMem_Calloc(n, sizeof(Entry *));
+    if (b == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < self->nbuckets; i++) {
+        /* keep each chain's order (the newest entry of a key first) */
+        Entry *e = self->buckets[i], *rev = NULL;
+        while (e) {
+            Entry *next = e->next;
+            e->next = rev;
+            rev = e;
+            e = next;
+        }
+        for (e = rev; e; ) {
+            Entry *next = e->next;
+            size_t j = key_hash(&e->key) & (n - 1);
+            e->next = b[j];
+            b[j] = e;
+            e = next;
+        }
+    }
+    PyMem_Free(self->buckets);
+    self->buckets = b;
+    self->nbuckets = n;
+    return 0;
+}
+
+static Entry *
+index_get(FlowTableObject *self, const Key *k)
+{
+    if (!self->nbuckets)
+        return NULL;
+    for (Entry *e = self->buckets[key_hash(k) & (self->nbuckets - 1)]; e; e = e->next)
+        if (memcmp(&e->key, k, sizeof(Key)) == 0)
+            return e;
+    return NULL;
+}
+
+static int
+index_put(FlowTableObject *self, Entry *e)
+{
+    if (self->nentries + 1 > self->nbuckets * 3 / 4 && index_grow(self) < 0)
+        return -1;
+    size_t j = key_hash(&e->key) & (self->nbuckets - 1);
+    e->next = self->buckets[j];
+    self->buckets[j] = e;
+    self->nentries++;
+    return 0;
+}
+
+static void
+index_remove(FlowTableObject *self, Entry *e)
+{
+    Entry **p = &self->buckets[key_hash(&e->key) & (self->nbuckets - 1)];
+    while (*p) {
+        if (*p == e) {
+            *p = e->next;
+            self->nentries--;
+            return;
+        }
+        p = &(*p)->next;
+    }
+}
+
+static void
+conn_free(Conn *c)
+{
+    Py_XDECREF(c->flow);
+    Py_XDECREF(c->order);
+    Py_XDECREF(c->flow_id);
+    Py_XDECREF(c->client_ip);
+    Py_XDECREF(c->server_ip);
+    Py_XDECREF(c->client_port);
+    Py_XDECREF(c->server_port);
+    Py_XDECREF(c->client_mac);
+    Py_XDECREF(c->server_mac);
+    for (int i = 0; i < 2; i++) {
+        stream_free(&c->streams[i]);
+        Py_XDECREF(c->held[i]);
+        bounds_free(&c->held_bounds[i]);
+    }
+    session_free(c->session);
+    PyMem_Free(c);
+}
+
+/* Write the C-side counters of a connection into its Flow record. */
+static int
+conn_sync(Conn *c)
+{
+    PyObject *f = c->flow;
+    if (set_float_attr(f, S_last_ts, c->last_ts) < 0 ||
+        set_long_attr(f, S_last_packet, c->last_packet) < 0 ||
+        set_long_attr(f, S_packets_c2s, c->packets[1]) < 0 ||
+        set_long_attr(f, S_packets_s2c, c->packets[0]) < 0 ||
+        set_long_attr(f, S_bytes_c2s, c->bytes[1]) < 0 ||
+        set_long_attr(f, S_bytes_s2c, c->bytes[0]) < 0 ||
+        set_long_attr(f, S_events, c->events) < 0 ||
+        PyObject_SetAttr(f, S_client_mac, c->client_mac ? c->client_mac : Py_None) < 0 ||
+        PyObject_SetAttr(f, S_server_mac, c->server_mac ? c->server_mac : Py_None) < 0)
+        return -1;
+    return 0;
+}
+
+/* Free what ended during the current call (its Flow gets its final counters first, as
+ * the Python object would keep being updated). */
+static int
+bury(FlowTableObject *self)
+{
+    int rc = 0;
+    if (self->graveyard == NULL)
+        return 0;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    while (self->graveyard) {
+        Conn *c = self->graveyard;
+        self->graveyard = c->next;
+        if (conn_sync(c) < 0) {
+            rc = -1;
+            PyErr_Clear();
+        }
+        conn_free(c);
+    }
+    if (type)
+        PyErr_Restore(type, value, tb);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* The table                                                                          */
+
+static int deliver(FlowTableObject *self, Conn *c, int from_client, PyObject *data, int gapped,
+                   long long packet, double ts, const Bounds *bounds);
+
+static int
+emit(FlowTableObject *self, Conn *c, int from_client, PyObject *events)
+{
+    PyObject *src_ip, *src_port, *src_mac, *dst_ip, *dst_port, *dst_mac;
+    if (from_client) {
+        src_ip = c->client_ip; src_port = c->client_port; src_mac = c->client_mac;
+        dst_ip = c->server_ip; dst_port = c->server_port; dst_mac = c->server_mac;
+    } else {
+        src_ip = c->server_ip; src_port = c->server_port; src_mac = c->server_mac;
+        dst_ip = c->client_ip; dst_port = c->client_port; dst_mac = c->client_mac;
+    }
+    if (!src_mac)
+        src_mac = Py_None;
+    if (!dst_mac)
+        dst_mac = Py_None;
+    Py_INCREF(c->order);
+    Py_SETREF(self->emitting, c->order);
+    Py_ssize_t n = PyList_GET_SIZE(events);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *ev = PyList_GET_ITEM(events, k);
+        if (PyObject_SetAttr(ev, S_capture, self->capture) < 0 ||
+            PyObject_SetAttr(ev, S_flow_id, c->flow_id) < 0 ||
+            PyObject_SetAttr(ev, S_src_ip, src_ip) < 0 ||
+            PyObject_SetAttr(ev, S_src_port, src_port) < 0 ||
+            PyObject_SetAttr(ev, S_src_mac, src_mac) < 0 ||
+            PyObject_SetAttr(ev, S_dst_ip, dst_ip) < 0 ||
+            PyObject_SetAttr(ev, S_dst_port, dst_port) < 0 ||
+            PyObject_SetAttr(ev, S_dst_mac, dst_mac) < 0 ||
+            session_pair(self, c->session, ev) < 0)
+            return -1;
+        c->events++;
+        PyObject *r = PyObject_CallOneArg(self->on_event, ev);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
+    return 0;
+}
+
+/* _attach: start decoding with this decoder. */
+static int
+attach(FlowTableObject *self, Conn *c, PyObject *dec)
+{
+    PyObject *name = PyObject_GetAttr(dec, S_name);
+    if (name == NULL)
+        return -1;
+    PyObject *ports = PyDict_GetItemWithError(self->ports_of, name);
+    if (ports == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, name);
+        Py_DECREF(name);
+        return -1;
+    }
+    int cin = PySequence_Contains(ports, c->client_port);
+    int sin = PySequence_Contains(ports, c->server_port);
+    if (cin < 0 || sin < 0) {
+        Py_DECREF(name);
+        return -1;
+    }
+    c->flip = cin && !sin;
+    c->session = session_new(dec);
+    if (c->session == NULL || PyObject_SetAttr(c->flow, S_decoded, Py_True) < 0 ||
+        PyObject_SetAttr(c->flow, S_app, name) < 0) {
+        Py_DECREF(name);
+        return -1;
+    }
+    Py_DECREF(name);
+    return 0;
+}
+
+static int
+held_clear(Conn *c, int i)
+{
+    Py_CLEAR(c->held[i]);
+    c->held_bounds[i].n = 0;
+    return 0;
+}
+
+/* _await_detection: collect a direction's first bytes until a decoder recognises them.
+ * Returns 1 with *out_data and *out_bounds (the bytes to decode, their segments) once a
+ * decoder is attached, 0 when nothing is to be decoded yet, -1 on error. */
+static int
+await_detection(FlowTableObject *self, Conn *c, int from_client, PyObject *data, int gapped,
+                long long packet, double ts, const Bounds *bounds, PyObject **out_data,
+                Bounds *out_bounds)
+{
+    if (c->attempts <= 0)
+        return 0;
+    int i = from_client ? 1 : 0;
+    PyObject *held = gapped ? NULL : c->held[i];
+    Bounds nb = {0};
+    PyObject *all;
+    if (held && PyBytes_GET_SIZE(held)) {
+        Py_ssize_t shift = PyBytes_GET_SIZE(held);
+        Bounds *hb = &c->held_bounds[i];
+        for (Py_ssize_t k = 0; k < hb->n; k++)
+            if (bounds_push(&nb, hb->v[k].end, hb->v[k].packet, hb->v[k].ts) < 0)
+                goto fail;
+        if (bounds) {
+            for (Py_ssize_t k = 0; k < bounds->n; k++)
+                if (bounds_push(&nb, bounds->v[k].end + shift, bounds->v[k].packet, bounds->v[k].ts) < 0)
+                    goto fail;
+        } else if (bounds_push(&nb, PyBytes_GET_SIZE(data) + shift, packet, ts) < 0) {
+            goto fail;
+        }
+        /* a stream of tiny segments keeps only its latest ends */
+        if (nb.n > MAX_HELD_SEGMENTS) {
+            Py_ssize_t drop = nb.n - MAX_HELD_SEGMENTS;
+            memmove(nb.v, nb.v + drop, MAX_HELD_SEGMENTS * sizeof(Bound));
+            nb.n = MAX_HELD_SEGMENTS;
+        }
+        all = PyBytes_FromStringAndSize(NULL, shift + PyBytes_GET_SIZE(data));
+        if (all == NULL)
+            goto fail;
+        memcpy(PyBytes_AS_STRING(all), PyBytes_AS_STRING(held), shift);
+        memcpy(PyBytes_AS_STRING(all) + shift, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    } else {
+        if (bounds) {
+            for (Py_ssize_t k = 0; k < bounds->n; k++)
+                if (bounds_push(&nb, bounds->v[k].end, bounds->v[k].packet, bounds->v[k].ts) < 0)
+                    goto fail;
+        } else if (bounds_push(&nb, PyBytes_GET_SIZE(data), packet, ts) < 0) {
+            goto fail;
+        }
+        all = data;
+        Py_INCREF(all);
+    }
+    PyObject *args[5] = {self->decoders, self->by_port, c->flow, all, from_client ? Py_True : Py_False};
+    PyObject *found = PyObject_Vectorcall(py_detect, args, 5, NULL);
+    if (found == NULL) {
+        Py_DECREF(all);
+        goto fail;
+    }
+    if (found != Py_True && found != Py_False) {
+        int r = attach(self, c, found);
+        Py_DECREF(found);
+        if (r < 0) {
+            Py_DECREF(all);
+            goto fail;
+        }
+        *out_data = all;
+        *out_bounds = nb;
+        return 1;
+    }
+    int incomplete = found == Py_True;
+    Py_DECREF(found);
+    if (PyBytes_GET_SIZE(all) >= (incomplete ? MAX_MESSAGE_AWAITED : DETECTION_WINDOW)) {
+        c->attempts--;
+        held_clear(c, i);
+        Py_DECREF(all);
+        bounds_free(&nb);
+    } else {
+        Py_XSETREF(c->held[i], all);
+        bounds_free(&c->held_bounds[i]);
+        c->held_bounds[i] = nb;
+    }
+    if (c->attempts <= 0) {  /* given up: nothing more is held */
+        held_clear(c, 0);
+        held_clear(c, 1);
+    }
+    return 0;
+fail:
+    bounds_free(&nb);
+    return -1;
+}
+
+/* _deliver: decode a direction's new bytes, completed by this packet, or, when released
+ * from the reassembly queue, by the segments listed in bounds. */
+static int
+deliver(FlowTableObject *self, Conn *c, int from_client, PyObject *data, int gapped,
+        long long packet, double ts, const Bounds *bounds)
+{
+    PyObject *events = PyList_New(0);
+    if (events == NULL)
+        return -1;
+    int rc = -1;
+    PyObject *owned = NULL;
+    Bounds own_bounds = {0};
+    if (c->session == NULL) {
+        int r = await_detection(self, c, from_client, data, gapped, packet, ts, bounds, &owned, &own_bounds);
+        if (r <= 0) {
+            rc = r;
+            goto done;
+        }
+        data = owned;
+        bounds = &own_bounds;
+        gapped = 0;
+        /* the other direction's first bytes, held while undetected, are decoded too */
+        int o = from_client ? 0 : 1;
+        PyObject *other = c->held[o];
+        Bounds other_bounds = c->held_bounds[o];
+        c->held[o] = NULL;
+        memset(&c->held_bounds[o], 0, sizeof(Bounds));
+        held_clear(c, from_client ? 1 : 0);
+        if (other && PyBytes_GET_SIZE(other)) {
+            int r2 = session_feed(self, c->session, other, from_client == c->flip, 0, packet, ts,
+                                  &other_bounds, events);
+            if (r2 == 0 && PyList_GET_SIZE(events))
+                r2 = emit(self, c, !from_client, events);
+            Py_DECREF(other);
+            bounds_free(&other_bounds);
+            if (r2 < 0)
+                goto done;
+            Py_SETREF(events, PyList_New(0));
+            if (events == NULL)
+                goto done;
+        } else {
+            Py_XDECREF(other);
+            bounds_free(&other_bounds);
+        }
+    }
+    if (session_feed(self, c->session, data, from_client != c->flip, gapped, packet, ts, bounds, events) < 0)
+        goto done;
+    rc = PyList_GET_SIZE(events) ? emit(self, c, from_client, events) : 0;
+done:
+    Py_XDECREF(events);
+    Py_XDECREF(owned);
+    bounds_free(&own_bounds);
+    return rc;
+}
+
+/* _end: retire a connection: give up on holes, deliver what is queued, report the flow. */
+static int
+end_conn(FlowTableObject *self, Conn *c)
+{
+    for (int from_client = 1; from_client >= 0; from_client--) {
+        Stream *s = &c->streams[from_client];
+        while (s->qlen) {
+            PyObject *data = stream_skip_gap(s);
+            if (data == NULL)
+                return -1;
+            int r = 0;
+            if (PyBytes_GET_SIZE(data)) {
+                Bound last = s->bounds.v[s->bounds.n - 1];
+                r = deliver(self, c, from_client, data, 1, last.packet, last.ts, &s->bounds);
+            }
+            Py_DECREF(data);
+            if (r < 0)
+                return -1;
+        }
+    }
+    if (c->session && session_finish(self, c->session) < 0)
+        return -1;
+    /* unlink: index, creation-order list */
+    if (!c->ended) {
+        c->ended = 1;
+        index_remove(self, &c->entries[0]);
+        index_remove(self, &c->entries[1]);
+        if (c->prev) c->prev->next = c->next; else self->first = c->next;
+        if (c->next) c->next->prev = c->prev; else self->last = c->prev;
+        self->open--;
+        c->prev = NULL;
+        c->next = self->graveyard;
+        self->graveyard = c;
+    }
+    long long gaps = 0;
+    for (int i = 0; i < 2; i++) {
+        Stream *s = &c->streams[i];
+        gaps += s->gaps;
+        if (dict_add(self->counters, S_retransmitted_bytes, s->retransmitted_bytes) < 0 ||
+            dict_add(self->counters, S_overlap_conflicts, s->overlap_conflicts) < 0 ||
+            dict_add(self->counters, S_gap_bytes, s->gap_bytes) < 0)
+            return -1;
+    }
+    if (attr_add(c->flow, S_gaps, gaps) < 0)
+        return -1;
+    if (c->streams[0].overlap_conflicts || c->streams[1].overlap_conflicts) {
+        PyObject *anomalies = PyObject_GetAttr(c->flow, S_anomalies);
+        if (anomalies == NULL)
+            return -1;
+        int r = PyList_Append(anomalies, S_tcp_overlap);
+        Py_DECREF(anomalies);
+        if (r < 0)
+            return -1;
+    }
+    if (c->session && PySet_GET_SIZE(c->session->protocols) == 1) {
+        PyObject *it = PyObject_GetIter(c->session->protocols);
+        PyObject *only = it ? PyIter_Next(it) : NULL;
+        Py_XDECREF(it);
+        if (only == NULL || PyObject_SetAttr(c->flow, S_app, only) < 0) {
+            Py_XDECREF(only);
+            return -1;
+        }
+        Py_DECREF(only);
+    }
+    if (PyObject_SetAttr(c->flow, S_capture, self->capture) < 0 || conn_sync(c) < 0)
+        return -1;
+    Py_INCREF(c->order);
+    Py_SETREF(self->emitting, c->order);
+    PyObject *r = PyObject_CallOneArg(self->on_flow, c->flow);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int
+sweep(FlowTableObject *self, double now)
+{
+    self->next_sweep = now + SWEEP_INTERVAL;
+    self->sweep_floor = now - SWEEP_INTERVAL;
+    for (Conn *c = self->first; c; ) {
+        Conn *next = c->next;
+        double idle = now - c->last_ts;
+        double limit = c->closed ? self->closed_linger : (c->proto == TCP ? self->tcp_idle : self->udp_idle);
+        if (idle > limit) {
+            if (dict_add(self->counters, S_flows_timed_out, 1) < 0 || end_conn(self, c) < 0)
+                return -1;
+        }
+        c = next;
+    }
+    return 0;
+}
+
+typedef struct {
+    double last_ts;
+    uint64_t serial;
+    Conn *conn;
+} Victim;
+
+static int
+victim_cmp(const void *a, const void *b)
+{
+    const Victim *x = a, *y = b;
+    if (x->last_ts < y->last_ts) return -1;
+    if (x->last_ts > y->last_ts) return 1;
+    if (isnan(x->last_ts) != isnan(y->last_ts)) return 0;
+    return x->serial < y->serial ? -1 : x->serial > y->serial;
+}
+
+/* _evict: over the cap, end the closed and least recently active tenth. */
+static int
+evict(FlowTableObject *self)
+{
+    Py_ssize_t count = self->open / 10 > 1 ? self->open / 10 : 1;
+    Victim *closed = PyMem_Malloc(self->open * sizeof(Victim));
+    Victim *still = PyMem_Malloc(self->open * sizeof(Victim));
+    if (closed == NULL || still == NULL) {
+        PyMem_Free(closed);
+        PyMem_Free(still);
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t nc = 0, no = 0;
+    for (Conn *c = self->first; c; c = c->next) {
+        Victim v = {c->last_ts, c->serial, c};
+        if (c->closed)
+            closed[nc++] = v;
+        else
+            still[no++] = v;
+    }
+    qsort(closed, nc, sizeof(Victim), victim_cmp);
+    Py_ssize_t take_closed = nc >= count ? count : nc;
+    Py_ssize_t take_open = count - take_closed;
+    if (take_open)
+        qsort(still, no, sizeof(Victim), victim_cmp);
+    int rc = 0;
+    for (Py_ssize_t k = 0; k < take_closed && rc == 0; k++)
+        if (dict_add(self->counters, S_flows_evicted, 1) < 0 || end_conn(self, closed[k].conn) < 0)
+            rc = -1;
+    for (Py_ssize_t k = 0; k < take_open && k < no && rc == 0; k++)
+        if (dict_add(self->counters, S_flows_evicted, 1) < 0 || end_conn(self, still[k].conn) < 0)
+            rc = -1;
+    PyMem_Free(closed);
+    PyMem_Free(still);
+    return rc;
+}
+
+/* tick: advance time, retire idle connections. */
+static int
+tick(FlowTableObject *self, double pkt_no, double ts)
+{
+    if (ts >= self->next_sweep) {
+        self->clock_packet = pkt_no - 0.5;
+        return sweep(self, ts);
+    }
+    if (ts < self->sweep_floor) {
+        self->next_sweep = ts;  /* the clock was stepped back: sweep from the new time on */
+        self->sweep_floor = ts - 2 * SWEEP_INTERVAL;
+    }
+    return 0;
+}
+
+/* A parsed packet, its payload either in a frame (made into bytes only when needed) or
+ * given as a bytes object. */
+typedef struct {
+    Packet p;
+    const unsigned char *frame;
+    PyObject *payload;   /* borrowed when given; owned when made from the frame */
+    int payload_owned;
+} Input;
+
+static PyObject *
+input_payload(Input *in)
+{
+    if (in->payload == NULL) {
+        in->payload = PyBytes_FromStringAndSize((const char *)in->frame + in->p.payload, in->p.payload_len);
+        in->payload_owned = 1;
+    }
+    return in->payload;
+}
+
+/* _new: a connection first seen in this packet. */
+static Conn *
+new_conn(FlowTableObject *self, long long pkt_no, double ts, Input *in, int *from_client)
+{
+    Packet *p = &in->p;
+    PyObject *sip = PyBytes_FromStringAndSize((const char *)p->src_ip, p->ip_len);
+    PyObject *dip = PyBytes_FromStringAndSize((const char *)p->dst_ip, p->ip_len);
+    PyObject *res = NULL;
+    if (sip && dip) {
+        PyObject *args[9] = {self->by_port, PyLong_FromLongLong(pkt_no), PyFloat_FromDouble(ts), sip, dip,
+                             PyLong_FromLong(p->proto), PyLong_FromLong(p->sport),
+                             PyLong_FromLong(p->dport), PyLong_FromLong(p->flags)};
+        int ok = 1;
+        for (int k = 1; k < 9; k++)
+            if (args[k] == NULL)
+                ok = 0;
+        if (ok)
+            res = PyObject_Vectorcall(py_new_flow, args, 9, NULL);
+        Py_XDECREF(args[1]); Py_XDECREF(args[2]); Py_XDECREF(args[5]);
+        Py_XDECREF(args[6]); Py_XDECREF(args[7]); Py_XDECREF(args[8]);
+    }
+    Py_XDECREF(sip);
+    Py_XDECREF(dip);
+    if (res == NULL)
+        return NULL;
+    Conn *c = PyMem_Calloc(1, sizeof(Conn));
+    if (c == NULL) {
+        Py_DECREF(res);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    c->flow = PyTuple_GET_ITEM(res, 0);
+    Py_INCREF(c->flow);
+    int sender_is_client = PyObject_IsTrue(PyTuple_GET_ITEM(res, 1));
+    Py_DECREF(res);
+    c->order = Py_BuildValue("(lL)", self->source_index, pkt_no);
+    if (c->order == NULL || sender_is_client < 0 ||
+        !(c->flow_id = PyObject_GetAttr(c->flow, S_flow_id)) ||
+        !(c->client_ip = PyObject_GetAttr(c->flow, S_client_ip)) ||
+        !(c->server_ip = PyObject_GetAttr(c->flow, S_server_ip)) ||
+        !(c->client_port = PyObject_GetAttr(c->flow, S_client_port)) ||
+        !(c->server_port = PyObject_GetAttr(c->flow, S_server_port))) {
+        conn_free(c);
+        return NULL;
+    }
+    c->serial = self->serial++;
+    c->proto = p->proto;
+    c->attempts = (int)DETECTION_ATTEMPTS;
+    c->last_ts = ts;
+    c->last_packet = pkt_no;
+    if (sender_is_client) {
+        key_make(&c->entries[0].key, p->src_ip, p->sport, p->dst_ip, p->dport, p->ip_len, p->proto);
+        key_make(&c->entries[1].key, p->dst_ip, p->dport, p->src_ip, p->sport, p->ip_len, p->proto);
+    } else {
+        key_make(&c->entries[0].key, p->dst_ip, p->dport, p->src_ip, p->sport, p->ip_len, p->proto);
+        key_make(&c->entries[1].key, p->src_ip, p->sport, p->dst_ip, p->dport, p->ip_len, p->proto);
+    }
+    c->entries[0].conn = c->entries[1].conn = c;
+    c->entries[0].from_client = 1;
+    c->entries[1].from_client = 0;
+    /* the server->client entry goes in last, so that for a connection whose two keys are
+     * the same (a host talking to itself on one port) it is the one found, as in Python */
+    if (index_put(self, &c->entries[0]) < 0 || index_put(self, &c->entries[1]) < 0) {
+        conn_free(c);
+        return NULL;
+    }
+    c->prev = self->last;
+    if (self->last) self->last->next = c; else self->first = c;
+    self->last = c;
+    self->open++;
+    if (dict_add(self->counters, S_flows, 1) < 0)
+        return NULL;  /* linked: freed with the table */
+    if (self->open > self->max_flows && evict(self) < 0)
+        return NULL;
+    *from_client = sender_is_client;
+    return c;
+}
+
+static int
+packet_in(FlowTableObject *self, long long pkt_no, double ts, Input *in)
+{
+    Packet *p = &in->p;
+    if (!(self->sweep_floor <= ts && ts < self->next_sweep) && tick(self, (double)pkt_no, ts) < 0)
+        return -1;
+    self->clock_packet = (double)pkt_no;
+    Key k;
+    key_make(&k, p->src_ip, p->sport, p->dst_ip, p->dport, p->ip_len, p->proto);
+    Entry *e = index_get(self, &k);
+    Conn *c;
+    int from_client;
+    if (e == NULL || (p->proto == TCP && (p->flags & SYN) && !(p->flags & ACK) &&
+                      (e->conn->closed || e->conn->bytes[1] > 0 || e->conn->bytes[0] > 0))) {
+        if (e != NULL && end_conn(self, e->conn) < 0)
+            return -1;
+        c = new_conn(self, pkt_no, ts, in, &from_client);
+        if (c == NULL)
+            return -1;
+    } else {
+        c = e->conn;
+        from_client = e->from_client;
+    }
+    c->last_ts = ts;
+    c->last_packet = pkt_no;
+    c->packets[from_client]++;
+    c->bytes[from_client] += p->payload_len;
+    const unsigned char *mine = p->src_mac, *theirs = p->dst_mac;
+    PyObject **my_mac = from_client ? &c->client_mac : &c->server_mac;
+    PyObject **their_mac = from_client ? &c->server_mac : &c->client_mac;
+    if (*my_mac == NULL && mine && !(*my_mac = mac_text(mine)))
+        return -1;
+    if (*their_mac == NULL && theirs && !(*their_mac = mac_text(theirs)))
+        return -1;
+    if (p->proto != TCP)
+        return 0;
+    /* _tcp */
+    Stream *s = &c->streams[from_client];
+    if (p->flags & SYN)
+        stream_syn(s, p->seq);
+    if (p->flags & ACK) {
+        /* first what this ACK gives up waiting for: the peer sent it before this packet */
+        Stream *other = &c->streams[!from_client];
+        if (other->qlen) {
+            PyObject *data = stream_acked(other, p->ack);
+            if (data == NULL)
+                return -1;
+            int r = 0;
+            if (PyBytes_GET_SIZE(data))
+                r = deliver(self, c, !from_client, data, 1, pkt_no, ts, &other->bounds);
+            Py_DECREF(data);
+            if (r < 0)
+                return -1;
+        }
+    }
+    if (p->payload_len && (c->session != NULL || c->attempts > 0)) {
+        PyObject *payload = input_payload(in);
+        if (payload == NULL)
+            return -1;
+        PyObject *data = stream_push(s, p->seq, payload, pkt_no, ts);
+        if (data == NULL)
+            return -1;
+        int r = 0;
+        if (PyBytes_GET_SIZE(data))
+            r = deliver(self, c, from_client, data, s->gapped, pkt_no, ts, s->has_bounds ? &s->bounds : NULL);
+        Py_DECREF(data);
+        if (r < 0)
+            return -1;
+    }
+    if ((p->flags & (FIN | RST)) && !c->closed) {
+        /* ended, but a retransmission may still fill a hole: the queued data is only
+         * given up when the flow is retired (linger timeout, reuse, end of input) */
+        c->fins += (p->flags & FIN) ? 1 : 2;
+        c->closed = c->fins >= 2;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* The Python type                                                                    */
+
+static int
+finish_call(FlowTableObject *self, int rc)
+{
+    if (bury(self) < 0 && rc == 0)
+        rc = -1;
+    return rc;
+}
+
+static PyObject *
+done(FlowTableObject *self, int rc)
+{
+    if (finish_call(self, rc) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int
+read_clock(PyObject *const *args, long long *pkt_no, double *ts)
+{
+    *pkt_no = PyLong_AsLongLong(args[0]);
+    if (*pkt_no == -1 && PyErr_Occurred())
+        return -1;
+    *ts = PyFloat_AsDouble(args[1]);
+    if (*ts == -1.0 && PyErr_Occurred())
+        return -1;
+    return 0;
+}
+
+/* frame(pkt_no, ts, linktype, frame) -> reason or None */
+static PyObject *
+table_frame(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "frame(pkt_no, ts, linktype, frame)");
+        return NULL;
+    }
+    long long pkt_no;
+    double ts;
+    if (read_clock(args, &pkt_no, &ts) < 0)
+        return NULL;
+    int linktype = as_int(args[2]);
+    if (linktype == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[3], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Input in = {0};
+    in.frame = view.buf;
+    int r = parse_frame(linktype, view.buf, view.len, &in.p);
+    if (r != PARSED) {
+        PyBuffer_Release(&view);
+        Py_INCREF(REASON_NAMES[r]);
+        return REASON_NAMES[r];
+    }
+    int rc;
+    if (self->shard_count &&
+        (in.p.src_ip[in.p.ip_len - 1] + in.p.dst_ip[in.p.ip_len - 1] + in.p.sport + in.p.dport)
+            % self->shard_count != self->shard_index)
+        rc = tick(self, (double)pkt_no, ts);
+    else
+        rc = packet_in(self, pkt_no, ts, &in);
+    if (in.payload_owned)
+        Py_XDECREF(in.payload);
+    PyBuffer_Release(&view);
+    return done(self, rc);
+}
+
+static int
+retire_all(FlowTableObject *self, double pkt_no)
+{
+    self->clock_packet = pkt_no - 0.5;
+    for (Conn *c = self->first; c; ) {
+        Conn *next = c->next;
+        if (end_conn(self, c) < 0)
+            return -1;
+        c = next;
+    }
+    return 0;
+}
+
+/* The capture time of a record, correctly rounded as Python's (sec * per_sec + frac) / per_sec. */
+static int
+record_ts(uint64_t sec, uint64_t frac, uint64_t per_sec, double *ts)
+{
+    uint64_t units = sec * per_sec + frac;
+    if (units < (1ULL << 53)) {  /* exact as a double: one correctly rounded division */
+        *ts = (double)units / (double)per_sec;
+        return 0;
+    }
+    PyObject *u = PyLong_FromUnsignedLongLong(units), *p = PyLong_FromUnsignedLongLong(per_sec);
+    PyObject *q = (u && p) ? PyNumber_TrueDivide(u, p) : NULL;
+    Py_XDECREF(u);
+    Py_XDECREF(p);
+    if (q == NULL)
+        return -1;
+    *ts = PyFloat_AsDouble(q);
+    Py_DECREF(q);
+    return 0;
+}
+
+static inline uint32_t
+rd32(const unsigned char *b, int swapped)
+{
+    uint32_t v;
+    memcpy(&v, b, 4);
+    return swapped ? __builtin_bswap32(v) : v;
+}
+
+/* walk_pcap(buf, pos, number, swapped, per_sec, linktype, limit, skipped, restart_below)
+ *   -> (pos, number, bytes, first_ts, last_ts, restarted)
+ * Processes every whole classic-pcap record of buf from pos whose captured length is
+ * within limit (the caller, CaptureReader.walk_pcap, refills and reports bad records).
+ * Frames that carry no usable IP packet are counted in the skipped dict by reason. When
+ * restart_below is a number and the first record is older, every open connection is
+ * retired first (the source does not continue the traffic so far: engine.Engine.feed). */
+static PyObject *
+table_walk_pcap(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "walk_pcap(buf, pos, number, swapped, per_sec, linktype, "
+                        "limit, skipped, restart_below)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    long long number = PyLong_AsLongLong(args[2]);
+    int swapped = PyObject_IsTrue(args[3]);
+    unsigned long long per_sec = PyLong_AsUnsignedLongLong(args[4]);
+    int linktype = as_int(args[5]);
+    unsigned long long limit = PyLong_AsUnsignedLongLong(args[6]);
+    PyObject *skipped = args[7];
+    double restart_below = args[8] == Py_None ? NAN : PyFloat_AsDouble(args[8]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!PyDict_Check(skipped) || per_sec == 0) {
+        PyErr_SetString(PyExc_TypeError, "walk_pcap: skipped must be a dict, per_sec positive");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t end = view.len;
+    long long nbytes = 0, first = number;
+    double first_ts = NAN, last_ts = NAN;
+    int restarted = 0, rc = 0;
+    long long reasons[R_COUNT] = {0};
+    while (rc == 0 && pos >= 0 && end - pos >= 16) {
+        const unsigned char *rec = buf + pos;
+        uint32_t caplen = rd32(rec + 8, swapped);
+        if (caplen > limit || (Py_ssize_t)caplen > end - pos - 16)
+            break;
+        double ts;
+        if (record_ts(rd32(rec, swapped), rd32(rec + 4, swapped), per_sec, &ts) < 0) {
+            rc = -1;
+            break;
+        }
+        number++;
+        if (number == first + 1) {
+            first_ts = ts;
+            if (!isnan(restart_below) && ts < restart_below) {
+                restarted = 1;
+                if (retire_all(self, (double)number) < 0) {
+                    rc = -1;
+                    break;
+                }
+            }
+        }
+        last_ts = ts;
+        nbytes += caplen;
+        Input in = {0};
+        in.frame = rec + 16;
+        int r = parse_frame(linktype, rec + 16, caplen, &in.p);
+        if (r != PARSED)
+            reasons[r]++;
+        else if (self->shard_count &&
+                 (in.p.src_ip[in.p.ip_len - 1] + in.p.dst_ip[in.p.ip_len - 1] + in.p.sport + in.p.dport)
+                     % self->shard_count != self->shard_index)
+            rc = tick(self, (double)number, ts);
+        else
+            rc = packet_in(self, number, ts, &in);
+        if (in.payload_owned)
+            Py_XDECREF(in.payload);
+        if (bury(self) < 0)
+            rc = -1;
+        pos += 16 + caplen;
+    }
+    PyBuffer_Release(&view);
+    for (int r = 1; r < R_COUNT && rc == 0; r++)
+        if (reasons[r] && dict_add(skipped, REASON_NAMES[r], reasons[r]) < 0)
+            rc = -1;
+    if (rc < 0)
+        return NULL;
+    PyObject *ft = isnan(first_ts) && number == first ? Py_NewRef(Py_None) : PyFloat_FromDouble(first_ts);
+    PyObject *lt = number == first ? Py_NewRef(Py_None) : PyFloat_FromDouble(last_ts);
+    if (ft == NULL || lt == NULL) {
+        Py_XDECREF(ft);
+        Py_XDECREF(lt);
+        return NULL;
+    }
+    return Py_BuildValue("(nLLNNO)", pos, number, nbytes, ft, lt, restarted ? Py_True : Py_False);
+}
+
+static int
+bytes_arg(PyObject *o, Py_ssize_t want, const unsigned char **out, const char *what)
+{
+    if (o == Py_None && want == 6) {
+        *out = NULL;
+        return 0;
+    }
+    if (!PyBytes_Check(o) || (want == 6 ? PyBytes_GET_SIZE(o) == 0 : 0)) {
+        if (PyBytes_Check(o) && want == 6) {  /* b"": no MAC, as Python's falsy check */
+            *out = NULL;
+            return 0;
+        }
+        PyErr_Format(PyExc_TypeError, "packet tuple: %s must be bytes", what);
+        return -1;
+    }
+    if (want == 6 && PyBytes_GET_SIZE(o) != 6) {
+        PyErr_Format(PyExc_ValueError, "packet tuple: %s must be 6 bytes", what);
+        return -1;
+    }
+    *out = (const unsigned char *)PyBytes_AS_STRING(o);
+    return 0;
+}
+
+/* packet(pkt_no, ts, pkt): a packet already parsed (capture.parse_packet's tuple) */
+static PyObject *
+table_packet(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyTuple_Check(args[2]) || PyTuple_GET_SIZE(args[2]) != 11) {
+        PyErr_SetString(PyExc_TypeError, "packet(pkt_no, ts, (src_mac, dst_mac, src_ip, dst_ip, "
+                        "proto, sport, dport, flags, seq, ack, payload))");
+        return NULL;
+    }
+    long long pkt_no;
+    double ts;
+    if (read_clock(args, &pkt_no, &ts) < 0)
+        return NULL;
+    PyObject *t = args[2];
+    Input in = {0};
+    Packet *p = &in.p;
+    PyObject *sip = PyTuple_GET_ITEM(t, 2), *dip = PyTuple_GET_ITEM(t, 3), *payload = PyTuple_GET_ITEM(t, 10);
+    if (bytes_arg(PyTuple_GET_ITEM(t, 0), 6, &p->src_mac, "src_mac") < 0 ||
+        bytes_arg(PyTuple_GET_ITEM(t, 1), 6, &p->dst_mac, "dst_mac") < 0 ||
+        bytes_arg(sip, 0, &p->src_ip, "src_ip") < 0 || bytes_arg(dip, 0, &p->dst_ip, "dst_ip") < 0)
+        return NULL;
+    if (PyBytes_GET_SIZE(sip) != PyBytes_GET_SIZE(dip) ||
+        (PyBytes_GET_SIZE(sip) != 4 && PyBytes_GET_SIZE(sip) != 16)) {
+        PyErr_SetString(PyExc_ValueError, "packet tuple: addresses must both be 4 or 16 bytes");
+        return NULL;
+    }
+    if (!PyBytes_Check(payload)) {
+        PyErr_SetString(PyExc_TypeError, "packet tuple: payload must be bytes");
+        return NULL;
+    }
+    p->ip_len = (int)PyBytes_GET_SIZE(sip);
+    p->proto = as_int(PyTuple_GET_ITEM(t, 4));
+    p->sport = as_int(PyTuple_GET_ITEM(t, 5));
+    p->dport = as_int(PyTuple_GET_ITEM(t, 6));
+    p->flags = as_int(PyTuple_GET_ITEM(t, 7));
+    p->seq = (uint32_t)PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(t, 8));
+    p->ack = (uint32_t)PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(t, 9));
+    if (PyErr_Occurred())
+        return NULL;
+    in.payload = payload;
+    p->payload_len = PyBytes_GET_SIZE(payload);
+    return done(self, packet_in(self, pkt_no, ts, &in));
+}
+
+static PyObject *
+table_tick(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "tick(pkt_no, ts)");
+        return NULL;
+    }
+    /* pkt_no may be a fraction: Engine.sweep passes the clock, which can be between packets */
+    double pkt_no = PyFloat_AsDouble(args[0]), ts = PyFloat_AsDouble(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    return done(self, tick(self, pkt_no, ts));
+}
+
+static PyObject *
+table_retire_all(FlowTableObject *self, PyObject *arg)
+{
+    double pkt_no = PyFloat_AsDouble(arg);
+    if (pkt_no == -1.0 && PyErr_Occurred())
+        return NULL;
+    return done(self, retire_all(self, pkt_no));
+}
+
+static PyObject *
+table_finish(FlowTableObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return done(self, retire_all(self, INFINITY));
+}
+
+static PyObject *
+table_open_flows(FlowTableObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Conn *c = self->first; c; c = c->next) {
+        if (conn_sync(c) < 0 || PyList_Append(out, c->flow) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static PyObject *
+table_get_open_count(FlowTableObject *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->open);
+}
+
+static PyObject *
+table_get_clock(FlowTableObject *self, void *closure)
+{
+    double cp = self->clock_packet;
+    if (isfinite(cp) && cp == floor(cp) && fabs(cp) < 9e15)
+        return Py_BuildValue("(lL)", self->source_index, (long long)cp);
+    return Py_BuildValue("(ld)", self->source_index, cp);
+}
+
+static PyObject *
+table_get_capture(FlowTableObject *self, void *closure)
+{
+    Py_INCREF(self->capture);
+    return self->capture;
+}
+
+static int
+table_set_capture(FlowTableObject *self, PyObject *value, void *closure)
+{
+    if (value == NULL || !PyUnicode_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "capture must be a str");
+        return -1;
+    }
+    Py_INCREF(value);
+    Py_SETREF(self->capture, value);
+    return 0;
+}
+
+static PyObject *
+table_get_emitting(FlowTableObject *self, void *closure)
+{
+    Py_INCREF(self->emitting);
+    return self->emitting;
+}
+
+static int
+table_init(FlowTableObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"decoders", "ports", "on_event", "on_flow", "health", "max_flows",
+                             "tcp_idle", "udp_idle", "closed_linger", "shard", NULL};
+    PyObject *decoders, *ports, *on_event, *on_flow, *health, *shard = Py_None;
+    long max_flows = DEFAULT_MAX_FLOWS;
+    double tcp_idle = DEFAULT_TCP_IDLE, udp_idle = DEFAULT_UDP_IDLE, closed_linger = CLOSED_LINGER;
+    if (self->decoders != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "FlowTable is initialised once");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOO|$ldddO", kwlist, &decoders, &ports,
+                                     &on_event, &on_flow, &health, &max_flows, &tcp_idle,
+                                     &udp_idle, &closed_linger, &shard))
+        return -1;
+    if (shard != Py_None && !PyArg_ParseTuple(shard, "ii", &self->shard_index, &self->shard_count))
+        return -1;
+    if (shard != Py_None && self->shard_count <= 0) {
+        PyErr_SetString(PyExc_ValueError, "shard count must be positive");
+        return -1;
+    }
+    PyObject *maps = PyObject_CallFunctionObjArgs(py_port_maps, decoders, ports, NULL);
+    if (maps == NULL)
+        return -1;
+    if (!PyArg_ParseTuple(maps, "OO", &self->by_port, &self->ports_of)) {
+        Py_DECREF(maps);
+        return -1;
+    }
+    Py_INCREF(self->by_port);
+    Py_INCREF(self->ports_of);
+    Py_DECREF(maps);
+    Py_INCREF(decoders);
+    self->decoders = decoders;
+    Py_INCREF(on_event);
+    self->on_event = on_event;
+    Py_INCREF(on_flow);
+    self->on_flow = on_flow;
+    Py_INCREF(health);
+    self->health = health;
+    self->counters = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i}", "flows", 0, "flows_timed_out", 0,
+                                   "flows_evicted", 0, "retransmitted_bytes", 0,
+                                   "overlap_conflicts", 0, "gap_bytes", 0);
+    self->capture = PyUnicode_FromString("");
+    self->emitting = Py_BuildValue("(ii)", 0, 0);
+    if (!self->counters || !self->capture || !self->emitting)
+        return -1;
+    self->max_flows = max_flows;
+    self->tcp_idle = tcp_idle;
+    self->udp_idle = udp_idle;
+    self->closed_linger = closed_linger;
+    self->next_sweep = 0.0;
+    self->sweep_floor = -INFINITY;
+    return 0;
+}
+
+static int
+table_traverse(FlowTableObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->decoders);
+    Py_VISIT(self->by_port);
+    Py_VISIT(self->ports_of);
+    Py_VISIT(self->on_event);
+    Py_VISIT(self->on_flow);
+    Py_VISIT(self->health);
+    Py_VISIT(self->counters);
+    for (Conn *c = self->first; c; c = c->next) {
+        Py_VISIT(c->flow);
+        if (c->session) {
+            Py_VISIT(c->session->state);
+            Py_VISIT(c->session->pending);
+            Py_VISIT(c->session->decode);
+            Py_VISIT(c->session->frame);
+            Py_VISIT(c->session->probe);
+        }
+    }
+    return 0;
+}
+
+static void
+free_conns(FlowTableObject *self)
+{
+    while (self->first) {
+        Conn *c = self->first;
+        self->first = c->next;
+        conn_free(c);
+    }
+    self->last = NULL;
+    self->open = 0;
+    while (self->graveyard) {
+        Conn *c = self->graveyard;
+        self->graveyard = c->next;
+        conn_free(c);
+    }
+    PyMem_Free(self->buckets);
+    self->buckets = NULL;
+    self->nbuckets = self->nentries = 0;
+}
+
+static int
+table_clear(FlowTableObject *self)
+{
+    free_conns(self);
+    Py_CLEAR(self->decoders);
+    Py_CLEAR(self->by_port);
+    Py_CLEAR(self->ports_of);
+    Py_CLEAR(self->on_event);
+    Py_CLEAR(self->on_flow);
+    Py_CLEAR(self->health);
+    Py_CLEAR(self->counters);
+    Py_CLEAR(self->capture);
+    Py_CLEAR(self->emitting);
+    return 0;
+}
+
+static void
+table_dealloc(FlowTableObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    table_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef table_methods[] = {
+    {"frame", (PyCFunction)(void (*)(void))table_frame, METH_FASTCALL,
+     "frame(pkt_no, ts, linktype, frame) -> reason or None: parse a captured frame and process it"},
+    {"walk_pcap", (PyCFunction)(void (*)(void))table_walk_pcap, METH_FASTCALL,
+     "walk_pcap(buf, pos, number, swapped, per_sec, linktype, limit, skipped, restart_below): "
+     "process the whole classic-pcap records of a read buffer"},
+    {"packet", (PyCFunction)(void (*)(void))table_packet, METH_FASTCALL,
+     "packet(pkt_no, ts, pkt): process a packet parsed by otsec.capture.parse_packet"},
+    {"tick", (PyCFunction)(void (*)(void))table_tick, METH_FASTCALL,
+     "tick(pkt_no, ts): advance time, retire idle connections"},
+    {"retire_all", (PyCFunction)table_retire_all, METH_O,
+     "retire_all(pkt_no): report every connection still open"},
+    {"finish", (PyCFunction)table_finish, METH_NOARGS, "end of input: report every open connection"},
+    {"open_flows", (PyCFunction)table_open_flows, METH_NOARGS,
+     "the connections tracked now, as their (still growing) flow records"},
+    {NULL}
+};
+
+static PyMemberDef table_members[] = {
+    {"counters", T_OBJECT, offsetof(FlowTableObject, counters), READONLY, "run counters"},
+    {"source_index", T_LONG, offsetof(FlowTableObject, source_index), 0, "index of the current source"},
+    {"max_flows", T_LONG, offsetof(FlowTableObject, max_flows), READONLY, "connections held at once"},
+    {NULL}
+};
+
+static PyGetSetDef table_getset[] = {
+    {"open_count", (getter)table_get_open_count, NULL, "connections tracked now", NULL},
+    {"clock", (getter)table_get_clock, NULL, "(source index, packet) being processed", NULL},
+    {"capture", (getter)table_get_capture, (setter)table_set_capture, "current capture name", NULL},
+    {"emitting", (getter)table_get_emitting, NULL, "connection whose output is being emitted", NULL},
+    {NULL}
+};
+
+static PyTypeObject FlowTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "otsec.flow._fast.FlowTable",
+    .tp_doc = "The compiled twin of otsec.flow.table.FlowTable (same results, faster).",
+    .tp_basicsize = sizeof(FlowTableObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)table_init,
+    .tp_dealloc = (destructor)table_dealloc,
+    .tp_traverse = (traverseproc)table_traverse,
+    .tp_clear = (inquiry)table_clear,
+    .tp_methods = table_methods,
+    .tp_members = table_members,
+    .tp_getset = table_getset,
+};
+
+static PyMethodDef module_methods[] = {
+    {"parse_packet", (PyCFunction)(void (*)(void))py_parse_packet, METH_FASTCALL,
+     "parse_packet(linktype, frame): the same result as otsec.capture.parse_packet"},
+    {NULL}
+};
+
+static struct PyModuleDef fast_module = {
+    PyModuleDef_HEAD_INIT, "otsec.flow._fast",
+    "The compiled flow layer: the C twin of otsec.flow.table/reassembly/session.", -1, module_methods,
+};
+
+static int
+get_long(PyObject *mod, const char *name, long *out)
+{
+    PyObject *v = PyObject_GetAttrString(mod, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+get_double(PyObject *mod, const char *name, double *out)
+{
+    PyObject *v = PyObject_GetAttrString(mod, name);
+    if (v == NULL)
+        return -1;
+    *out = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int
+intern_names(void)
+{
+#define I(var, text) if (!(var = PyUnicode_InternFromString(text))) return -1
+    I(S_capture, "capture"); I(S_flow_id, "flow_id"); I(S_src_ip, "src_ip");
+    I(S_src_port, "src_port"); I(S_src_mac, "src_mac"); I(S_dst_ip, "dst_ip");
+    I(S_dst_port, "dst_port"); I(S_dst_mac, "dst_mac"); I(S_packet, "packet"); I(S_ts, "ts");
+    I(S_protocol, "protocol"); I(S_pair_key, "pair_key"); I(S_kind, "kind");
+    I(S_anomalies, "anomalies"); I(S_request_packet, "request_packet"); I(S_targets, "targets");
+    I(S_request, "request"); I(S_response, "response"); I(S_name, "name"); I(S_probe, "probe");
+    I(S_frame, "frame"); I(S_decode, "decode"); I(S_new_state, "new_state");
+    I(S_decoded, "decoded"); I(S_app, "app"); I(S_client_ip, "client_ip");
+    I(S_server_ip, "server_ip"); I(S_client_port, "client_port"); I(S_server_port, "server_port");
+    I(S_last_ts, "last_ts"); I(S_last_packet, "last_packet"); I(S_packets_c2s, "packets_c2s");
+    I(S_packets_s2c, "packets_s2c"); I(S_bytes_c2s, "bytes_c2s"); I(S_bytes_s2c, "bytes_s2c");
+    I(S_client_mac, "client_mac"); I(S_server_mac, "server_mac"); I(S_events, "events");
+    I(S_gaps, "gaps"); I(S_tcp_overlap, "tcp.overlap_conflict"); I(S_messages, "messages");
+    I(S_anomalous, "anomalous"); I(S_h_gaps, "gaps"); I(S_resyncs, "resyncs");
+    I(S_unframeable_bytes, "unframeable_bytes"); I(S_buffer_overflows, "buffer_overflows");
+    I(S_unpaired_responses, "unpaired_responses"); I(S_unanswered_requests, "unanswered_requests");
+    I(S_truncated_at_eof, "truncated_at_eof"); I(S_decoder_errors, "decoder_errors");
+    I(S_flows, "flows"); I(S_flows_timed_out, "flows_timed_out"); I(S_flows_evicted, "flows_evicted");
+    I(S_retransmitted_bytes, "retransmitted_bytes"); I(S_overlap_conflicts, "overlap_conflicts");
+    I(S_gap_bytes, "gap_bytes"); I(S_unpaired_suffix, ".unpaired_response");
+#undef I
+    return 0;
+}
+
+/* The limits and helpers shared with the Python twin. */
+static int
+load_python_side(void)
+{
+    PyObject *table = PyImport_ImportModule("otsec.flow.table");
+    PyObject *reasm = table ? PyImport_ImportModule("otsec.flow.reassembly") : NULL;
+    PyObject *sess = reasm ? PyImport_ImportModule("otsec.flow.session") : NULL;
+    int rc = -1;
+    long v;
+    if (sess == NULL)
+        goto done;
+    if (get_long(table, "DETECTION_ATTEMPTS", &DETECTION_ATTEMPTS) < 0 ||
+        get_long(table, "DETECTION_WINDOW", &DETECTION_WINDOW) < 0 ||
+        get_long(table, "MAX_MESSAGE_AWAITED", &MAX_MESSAGE_AWAITED) < 0 ||
+        get_long(table, "MAX_HELD_SEGMENTS", &MAX_HELD_SEGMENTS) < 0 ||
+        get_long(table, "DEFAULT_MAX_FLOWS", &DEFAULT_MAX_FLOWS) < 0 ||
+        get_double(table, "DEFAULT_TCP_IDLE", &DEFAULT_TCP_IDLE) < 0 ||
+        get_double(table, "DEFAULT_UDP_IDLE", &DEFAULT_UDP_IDLE) < 0 ||
+        get_double(table, "CLOSED_LINGER", &CLOSED_LINGER) < 0 ||
+        get_double(table, "SWEEP_INTERVAL", &SWEEP_INTERVAL) < 0 ||
+        get_long(reasm, "MAX_QUEUED_SEGMENTS", &MAX_QUEUED_SEGMENTS) < 0 ||
+        get_long(reasm, "MAX_QUEUED_BYTES", &MAX_QUEUED_BYTES) < 0)
+        goto done;
+    if (get_long(sess, "MAX_BUFFERED_BYTES", &v) < 0)
+        goto done;
+    MAX_BUFFERED_BYTES = v;
+    if (get_long(sess, "SYNC_TAIL", &v) < 0)
+        goto done;
+    SYNC_TAIL = v;
+    if (get_long(sess, "MAX_PENDING_REQUESTS", &v) < 0)
+        goto done;
+    MAX_PENDING_REQUESTS = v;
+    if (!(py_new_flow = PyObject_GetAttrString(table, "new_flow")) ||
+        !(py_detect = PyObject_GetAttrString(table, "detect")) ||
+        !(py_port_maps = PyObject_GetAttrString(table, "port_maps")))
+        goto done;
+    rc = 0;
+done:
+    Py_XDECREF(table);
+    Py_XDECREF(reasm);
+    Py_XDECREF(sess);
+    return rc;
+}
+
+PyMODINIT_FUNC
+PyInit__fast(void)
+{
+    if (intern_names() < 0 || load_python_side() < 0 || parse_init() < 0)
+        return NULL;
+    if (!(EMPTY_BYTES = PyBytes_FromStringAndSize(NULL, 0)))
+        return NULL;
+    if (PyType_Ready(&FlowTableType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&fast_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&FlowTableType);
+    if (PyModule_AddObject(m, "FlowTable", (PyObject *)&FlowTableType) < 0) {
+        Py_DECREF(&FlowTableType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
