@@ -93,6 +93,7 @@ class Engine:
         self.sources: list[dict] = []
         self.sources_restarted = 0         # sources that did not continue the traffic so far
         self._source_starts = False        # the next packet is its source's first
+        self._source_first_ts: float | None = None
 
     @property
     def capture_errors(self) -> list[str]:
@@ -114,6 +115,7 @@ class Engine:
         self.bytes += len(frame)
         if self._source_starts:
             self._source_starts = False
+            self._source_first_ts = ts
             if self.last_ts is not None and ts < self.last_ts - SOURCE_CLOCK_SLACK:
                 self.sources_restarted += 1
                 self.table.retire_all(pkt_no)
@@ -129,57 +131,56 @@ class Engine:
         with CaptureReader(path) as reader:
             self.set_source(str(path))
             source = self.sources[-1]
-            if reader.format == "pcap" and hasattr(self.table, "walk_pcap"):
-                first_ts = self._walk_compiled(reader, progress)
-            else:
-                first_ts = self._walk(reader, progress)
+            feed = self.feed
+            take = self._walker(reader, progress) if hasattr(self.table, "walk_pcap") else None
+            for pkt_no, ts, linktype, frame in reader.packets_left(take):
+                feed(pkt_no, ts, linktype, frame)
+                if progress is not None and not pkt_no & 0x3FFF:
+                    progress(reader.offset, reader.size)
             if progress is not None:
                 progress(reader.offset, reader.size)
+            first_ts = None if self._source_starts else self._source_first_ts
             source.update(packets=reader.packets, first_ts=first_ts,
                           last_ts=self.last_ts if first_ts is not None else None, error=reader.error)
 
-    def _walk(self, reader: CaptureReader, progress: Callable[[int, int], None] | None) -> float | None:
-        first_ts = None
-        feed = self.feed
-        for pkt_no, ts, linktype, frame in reader:
-            if first_ts is None:
-                first_ts = ts
-            feed(pkt_no, ts, linktype, frame)
-            if progress is not None and not pkt_no & 0x3FFF:
-                progress(reader.offset, reader.size)
-        return first_ts
+    def _walker(self, reader: CaptureReader, progress: Callable[[int, int], None] | None) -> Callable:
+        """The compiled table's walk over a read buffer, as CaptureReader.packets_left
+        takes it: the same bookkeeping as feed() does per packet, once per buffer."""
+        skipped = self.skipped
+        if reader.format == "pcap":
+            walk_pcap = self.table.walk_pcap
+            swapped = (reader.byte_order == "<") != (sys.byteorder == "little")
+            layout = (reader.per_sec, reader.linktype, reader.caplen_limit)
 
-    def _walk_compiled(self, reader: CaptureReader, progress: Callable[[int, int], None] | None) -> float | None:
-        """A classic pcap file through the compiled table, a read buffer at a time: the
-        same bookkeeping as feed() per packet, without a Python object per packet."""
-        walk = self.table.walk_pcap
-        swapped = (reader.byte_order == "<") != (sys.byteorder == "little")
-        first_ts = None
+            def walk(buf, pos, number, restart_below):
+                return walk_pcap(buf, pos, number, swapped, *layout, skipped, restart_below)
+        else:
+            walk_pcapng = self.table.walk_pcapng
 
-        def take(buf: bytes, pos: int, number: int) -> tuple[int, int]:
-            nonlocal first_ts
+            def walk(buf, pos, number, restart_below, order, interfaces):
+                swapped = (order == "<") != (sys.byteorder == "little")
+                return walk_pcapng(buf, pos, number, swapped, interfaces, skipped, restart_below)
+
+        def take(buf: bytes, pos: int, number: int, *layout) -> tuple[int, int, float | None]:
             restart_below = None
             if self._source_starts and self.last_ts is not None:
                 restart_below = self.last_ts - SOURCE_CLOCK_SLACK
-            pos, new_number, nbytes, first, last, restarted = walk(
-                buf, pos, number, swapped, reader.per_sec, reader.linktype, reader.caplen_limit,
-                self.skipped, restart_below)
+            pos, new_number, nbytes, first, last, restarted = walk(buf, pos, number, restart_below, *layout)
             if new_number > number:
-                self._source_starts = False
+                if self._source_starts:
+                    self._source_starts = False
+                    self._source_first_ts = first
                 self.sources_restarted += restarted
                 self.packets += new_number - number
                 self.bytes += nbytes
-                if first_ts is None:
-                    first_ts = first
                 if self.first_ts is None:
                     self.first_ts = first
                 self.last_ts = last
                 if progress is not None:
                     progress(reader.offset, reader.size)
-            return pos, new_number
+            return pos, new_number, last
 
-        reader.walk_pcap(take)
-        return first_ts
+        return take
 
     def sweep(self, now: float) -> None:
         """Retire connections idle at ``now`` (a live source calls this on a quiet link,

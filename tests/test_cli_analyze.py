@@ -168,3 +168,14 @@ def test_check_refuses_a_baseline_database_without_a_baseline_and_accepts_any_ca
     assert r.returncode == 2 and f"{db}: holds no baseline" in r.stderr
     r = otsec("check", ROOT / "pcaps" / "plant_normal.pcap", "-p", policy, "--fail-on", "HIGH")
     assert r.returncode == 0, r.stderr
+
+
+def test_version_says_which_flow_layer_runs():
+    from otsec.engine import CompiledFlowTable
+
+    r = otsec("--version")
+    assert r.returncode == 0, r.stderr
+    if CompiledFlowTable is None:
+        assert "pure-Python flow layer" in r.stdout
+    else:
+        assert r.stdout.strip().endswith("(compiled flow layer)")

@@ -227,9 +227,23 @@ class CaptureReader:
         return b"".join(parts)
 
     def __iter__(self) -> Iterator[tuple[int, float, int, bytes]]:
+        return self.packets_left(None)
+
+    def packets_left(self, take: Callable | None) -> Iterator[tuple[int, float, int, bytes]]:
+        """The packets, as iteration gives them, except those ``take`` processes itself.
+
+        ``take`` (the compiled flow layer's walker) is offered the read buffer before each
+        record or block: ``take(buf, pos, number)`` for classic pcap, ``take(buf, pos,
+        number, byte_order, interfaces)`` for pcapng. It processes every plain packet
+        record (pcapng: enhanced packet block) it can from ``pos``, numbering them after
+        ``number``, with no Python object per packet, and returns ``(pos, number,
+        last_ts)`` after them (last_ts None if it took none). Whatever it leaves (other
+        block kinds, anything irregular) is yielded or reported here, and refills and
+        damage are handled by the same code either way.
+        """
         if self.format == "pcap":
-            return self._iter_pcap()
-        return self._iter_pcapng()
+            return self._iter_pcap(take)
+        return self._iter_pcapng(take)
 
     def _fail(self, offset: int, what: str, detail: str):
         """Records why iteration stops at the record or block starting at ``offset``
@@ -237,7 +251,7 @@ class CaptureReader:
         if self.error is None:
             self.error = f"{self.path}: {what} at byte {offset} (packet {self.packets + 1}): {detail}"
 
-    def _iter_pcap(self):
+    def _iter_pcap(self, take: Callable | None):
         unpack_record = struct.Struct(self.byte_order + "IIII").unpack_from
         per_sec = self.per_sec
         linktype = self.linktype
@@ -245,6 +259,10 @@ class CaptureReader:
         buf, pos, base = self._buf, 0, self.offset   # base = file offset of buf[0]
         number = 0
         while True:
+            if take is not None:
+                pos, number, _ = take(buf, pos, number)
+                self.packets = number
+                self.offset = base + pos
             if len(buf) - pos >= PCAP_RECORD_LEN:
                 sec, frac, caplen, _ = unpack_record(buf, pos)
                 stop = pos + PCAP_RECORD_LEN + caplen
@@ -255,22 +273,6 @@ class CaptureReader:
                     yield number, (sec * per_sec + frac) / per_sec, linktype, buf[pos + PCAP_RECORD_LEN:stop]
                     pos = stop
                     continue
-            buf, pos, base = self._next_pcap_buffer(buf, pos, base)
-            if buf is None:
-                return
-
-    def walk_pcap(self, take: Callable[[bytes, int, int], tuple[int, int]]) -> None:
-        """Classic pcap only: hand the read buffer to ``take(buf, pos, number)``, which
-        consumes every whole record it can from ``pos`` (numbering them after ``number``)
-        and returns ``(pos, number)`` after them. Refills, truncated and corrupt records
-        are handled here, exactly as when iterating. The compiled flow layer walks its
-        records this way, with no Python object per packet."""
-        buf, pos, base = self._buf, 0, self.offset
-        number = 0
-        while True:
-            pos, number = take(buf, pos, number)
-            self.packets = number
-            self.offset = base + pos
             buf, pos, base = self._next_pcap_buffer(buf, pos, base)
             if buf is None:
                 return
@@ -301,7 +303,7 @@ class CaptureReader:
                 return None, 0, base
         return buf, pos, base
 
-    def _iter_pcapng(self):
+    def _iter_pcapng(self, take: Callable | None):
         buf, pos, base = self._buf, 0, 0
         end_buf = len(buf)
         order = ">"
@@ -310,6 +312,12 @@ class CaptureReader:
         last_ts = 0.0
         number = 0
         while True:
+            if take is not None and interfaces:
+                pos, number, taken_ts = take(buf, pos, number, order, interfaces)
+                if taken_ts is not None:
+                    last_ts = taken_ts
+                    self.packets = number
+                    self.offset = base + pos
             if end_buf - pos < 12:
                 base += pos
                 buf, pos = self._refill(buf, pos, 12), 0

@@ -124,7 +124,11 @@ def analyze(
 
 def version_callback(value: bool) -> None:
     if value:
-        print(f"otsec {__version__}")
+        from otsec.engine import CompiledFlowTable
+
+        layer = ("compiled flow layer" if CompiledFlowTable is not None else
+                 "pure-Python flow layer: the C extension was not built, several times slower")
+        print(f"otsec {__version__} ({layer})")
         raise typer.Exit()
 
 

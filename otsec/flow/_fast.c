@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "_parse.h"
+#include "_cdecode.h"
 
 #define TCP 6
 #define FIN 0x01
@@ -43,6 +44,18 @@ static double DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE;
 
 /* Python helpers shared with table.py */
 static PyObject *py_new_flow, *py_detect, *py_port_maps;
+
+/* The Python decode functions that have a compiled twin (otsec/decoders/_<name>.c). */
+static struct {
+    const char *module;
+    cdecode_fn twin;
+    PyObject *decode;
+} TWINS[] = {
+    {"otsec.decoders.modbus", otsec_modbus_decode, NULL},
+    {"otsec.decoders.s7comm", otsec_s7comm_decode, NULL},
+    {"otsec.decoders.opcua", otsec_opcua_decode, NULL},
+};
+#define N_TWINS (sizeof(TWINS) / sizeof(TWINS[0]))
 static PyObject *EMPTY_BYTES;
 
 /* interned attribute names */
@@ -479,6 +492,7 @@ stream_acked(Stream *s, uint32_t ack)
 
 typedef struct {
     PyObject *probe, *frame, *decode, *state;
+    cdecode_fn cdecode;  /* the decoder's compiled twin, tried first; NULL: none */
     PyObject *bufs[2];   /* index 1: client -> server (the decoder's client) */
     int syncing[2];
     PyObject *pending;   /* dict: pair key -> request event */
@@ -520,6 +534,9 @@ session_new(PyObject *decoder)
     Py_DECREF(new_state);
     if (ss->state == NULL)
         goto fail;
+    for (size_t k = 0; k < N_TWINS; k++)
+        if (TWINS[k].decode == ss->decode)
+            ss->cdecode = TWINS[k].twin;
     Py_INCREF(EMPTY_BYTES);
     ss->bufs[0] = EMPTY_BYTES;
     Py_INCREF(EMPTY_BYTES);
@@ -622,8 +639,16 @@ static int
 session_decode(FlowTableObject *self, Session *ss, PyObject *msg, int from_client,
                long long packet, double ts, PyObject *out)
 {
-    PyObject *args[3] = {msg, from_client ? Py_True : Py_False, ss->state};
-    PyObject *events = PyObject_Vectorcall(ss->decode, args, 3, NULL);
+    PyObject *events = NULL;
+    if (ss->cdecode != NULL) {
+        events = ss->cdecode(msg, from_client, ss->state);
+        if (events == Py_NotImplemented)  /* not covered by the twin: the Python decoder's */
+            Py_CLEAR(events);
+    }
+    if (events == NULL && !PyErr_Occurred()) {
+        PyObject *args[3] = {msg, from_client ? Py_True : Py_False, ss->state};
+        events = PyObject_Vectorcall(ss->decode, args, 3, NULL);
+    }
     if (events == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_Exception))
             return -1;
@@ -1720,19 +1745,25 @@ retire_all(FlowTableObject *self, double pkt_no)
     return 0;
 }
 
-/* The capture time of a record, correctly rounded as Python's (sec * per_sec + frac) / per_sec. */
+/* The capture time of a record, correctly rounded as Python's
+ * (sec * per_sec + frac + offset) / per_sec computes it with exact integers. */
 static int
-record_ts(uint64_t sec, uint64_t frac, uint64_t per_sec, double *ts)
+record_ts(uint64_t sec, uint64_t frac, uint64_t per_sec, long long offset, double *ts)
 {
-    uint64_t units = sec * per_sec + frac;
-    if (units < (1ULL << 53)) {  /* exact as a double: one correctly rounded division */
-        *ts = (double)units / (double)per_sec;
+    unsigned __int128 units = (unsigned __int128)sec * per_sec + frac;
+    if (offset == 0 && units < ((unsigned __int128)1 << 53)) {
+        /* exact as a double: one correctly rounded division */
+        *ts = (double)(uint64_t)units / (double)per_sec;
         return 0;
     }
-    PyObject *u = PyLong_FromUnsignedLongLong(units), *p = PyLong_FromUnsignedLongLong(per_sec);
-    PyObject *q = (u && p) ? PyNumber_TrueDivide(u, p) : NULL;
-    Py_XDECREF(u);
-    Py_XDECREF(p);
+    PyObject *s = PyLong_FromUnsignedLongLong(sec), *f = PyLong_FromUnsignedLongLong(frac);
+    PyObject *p = PyLong_FromUnsignedLongLong(per_sec), *o = PyLong_FromLongLong(offset);
+    PyObject *a = (s && p) ? PyNumber_Multiply(s, p) : NULL;
+    PyObject *b = (a && f) ? PyNumber_Add(a, f) : NULL;
+    PyObject *c = (b && o) ? PyNumber_Add(b, o) : NULL;
+    PyObject *q = c ? PyNumber_TrueDivide(c, p) : NULL;
+    Py_XDECREF(s); Py_XDECREF(f); Py_XDECREF(p); Py_XDECREF(o);
+    Py_XDECREF(a); Py_XDECREF(b); Py_XDECREF(c);
     if (q == NULL)
         return -1;
     *ts = PyFloat_AsDouble(q);
@@ -1748,98 +1779,218 @@ rd32(const unsigned char *b, int swapped)
     return swapped ? __builtin_bswap32(v) : v;
 }
 
+/* What a walk over a read buffer adds up, for the engine's per-source bookkeeping. */
+typedef struct {
+    long long first_number, number, nbytes;
+    double first_ts, last_ts;
+    int restarted;
+    long long reasons[R_COUNT];
+} Walk;
+
+/* One captured frame of a walk: Engine.feed's work for it (restart check on a source's
+ * first packet, parse, shard, the table). */
+static int
+walk_frame(FlowTableObject *self, Walk *w, double restart_below, double ts, int linktype,
+           const unsigned char *frame, Py_ssize_t caplen)
+{
+    long long number = ++w->number;
+    if (number == w->first_number + 1) {
+        w->first_ts = ts;
+        if (!isnan(restart_below) && ts < restart_below) {
+            w->restarted = 1;
+            if (retire_all(self, (double)number) < 0)
+                return -1;
+        }
+    }
+    w->last_ts = ts;
+    w->nbytes += caplen;
+    Input in = {0};
+    in.frame = frame;
+    int rc = 0, r = parse_frame(linktype, frame, caplen, &in.p);
+    if (r != PARSED)
+        w->reasons[r]++;
+    else if (self->shard_count &&
+             (in.p.src_ip[in.p.ip_len - 1] + in.p.dst_ip[in.p.ip_len - 1] + in.p.sport + in.p.dport)
+                 % self->shard_count != self->shard_index)
+        rc = tick(self, (double)number, ts);
+    else
+        rc = packet_in(self, number, ts, &in);
+    if (in.payload_owned)
+        Py_XDECREF(in.payload);
+    if (bury(self) < 0)
+        rc = -1;
+    return rc;
+}
+
+/* (pos, number, bytes, first_ts, last_ts, restarted) of a walk; skipped[reason] += n */
+static PyObject *
+walk_result(Walk *w, Py_ssize_t pos, PyObject *skipped)
+{
+    for (int r = 1; r < R_COUNT; r++)
+        if (w->reasons[r] && dict_add(skipped, REASON_NAMES[r], w->reasons[r]) < 0)
+            return NULL;
+    if (w->number == w->first_number)
+        return Py_BuildValue("(nLLOOO)", pos, w->number, 0LL, Py_None, Py_None, Py_False);
+    return Py_BuildValue("(nLLddO)", pos, w->number, w->nbytes, w->first_ts, w->last_ts,
+                         w->restarted ? Py_True : Py_False);
+}
+
+/* The arguments both walkers share: buf, pos, number, swapped, ..., skipped, restart_below */
+static int
+walk_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, Py_buffer *view, Py_ssize_t *pos,
+          Walk *w, int *swapped, PyObject **skipped, double *restart_below)
+{
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "walk takes %zd arguments", want);
+        return -1;
+    }
+    *pos = PyLong_AsSsize_t(args[1]);
+    w->first_number = w->number = PyLong_AsLongLong(args[2]);
+    *swapped = PyObject_IsTrue(args[3]);
+    *skipped = args[want - 2];
+    *restart_below = args[want - 1] == Py_None ? NAN : PyFloat_AsDouble(args[want - 1]);
+    if (PyErr_Occurred())
+        return -1;
+    if (!PyDict_Check(*skipped)) {
+        PyErr_SetString(PyExc_TypeError, "walk: skipped must be a dict");
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[0], view, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (*pos < 0 || *pos > view->len) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "walk: pos outside the buffer");
+        return -1;
+    }
+    return 0;
+}
+
 /* walk_pcap(buf, pos, number, swapped, per_sec, linktype, limit, skipped, restart_below)
  *   -> (pos, number, bytes, first_ts, last_ts, restarted)
  * Processes every whole classic-pcap record of buf from pos whose captured length is
- * within limit (the caller, CaptureReader.walk_pcap, refills and reports bad records).
- * Frames that carry no usable IP packet are counted in the skipped dict by reason. When
- * restart_below is a number and the first record is older, every open connection is
- * retired first (the source does not continue the traffic so far: engine.Engine.feed). */
+ * within limit (CaptureReader refills and reports bad records). Frames that carry no
+ * usable IP packet are counted in the skipped dict by reason. When restart_below is a
+ * number and the first record is older, every open connection is retired first (the
+ * source does not continue the traffic so far: engine.Engine.feed). */
 static PyObject *
 table_walk_pcap(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "walk_pcap(buf, pos, number, swapped, per_sec, linktype, "
-                        "limit, skipped, restart_below)");
+    Py_buffer view;
+    Py_ssize_t pos;
+    Walk w = {0};
+    int swapped;
+    PyObject *skipped;
+    double restart_below;
+    if (walk_args(args, nargs, 9, &view, &pos, &w, &swapped, &skipped, &restart_below) < 0)
         return NULL;
-    }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    long long number = PyLong_AsLongLong(args[2]);
-    int swapped = PyObject_IsTrue(args[3]);
     unsigned long long per_sec = PyLong_AsUnsignedLongLong(args[4]);
     int linktype = as_int(args[5]);
     unsigned long long limit = PyLong_AsUnsignedLongLong(args[6]);
-    PyObject *skipped = args[7];
-    double restart_below = args[8] == Py_None ? NAN : PyFloat_AsDouble(args[8]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (!PyDict_Check(skipped) || per_sec == 0) {
-        PyErr_SetString(PyExc_TypeError, "walk_pcap: skipped must be a dict, per_sec positive");
+    if (PyErr_Occurred() || per_sec == 0) {
+        PyBuffer_Release(&view);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "walk_pcap: per_sec must be positive");
         return NULL;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
     const unsigned char *buf = view.buf;
     Py_ssize_t end = view.len;
-    long long nbytes = 0, first = number;
-    double first_ts = NAN, last_ts = NAN;
-    int restarted = 0, rc = 0;
-    long long reasons[R_COUNT] = {0};
-    while (rc == 0 && pos >= 0 && end - pos >= 16) {
+    int rc = 0;
+    while (end - pos >= 16) {
         const unsigned char *rec = buf + pos;
         uint32_t caplen = rd32(rec + 8, swapped);
         if (caplen > limit || (Py_ssize_t)caplen > end - pos - 16)
             break;
         double ts;
-        if (record_ts(rd32(rec, swapped), rd32(rec + 4, swapped), per_sec, &ts) < 0) {
+        if (record_ts(rd32(rec, swapped), rd32(rec + 4, swapped), per_sec, 0, &ts) < 0 ||
+            walk_frame(self, &w, restart_below, ts, linktype, rec + 16, caplen) < 0) {
             rc = -1;
             break;
         }
-        number++;
-        if (number == first + 1) {
-            first_ts = ts;
-            if (!isnan(restart_below) && ts < restart_below) {
-                restarted = 1;
-                if (retire_all(self, (double)number) < 0) {
-                    rc = -1;
-                    break;
-                }
-            }
-        }
-        last_ts = ts;
-        nbytes += caplen;
-        Input in = {0};
-        in.frame = rec + 16;
-        int r = parse_frame(linktype, rec + 16, caplen, &in.p);
-        if (r != PARSED)
-            reasons[r]++;
-        else if (self->shard_count &&
-                 (in.p.src_ip[in.p.ip_len - 1] + in.p.dst_ip[in.p.ip_len - 1] + in.p.sport + in.p.dport)
-                     % self->shard_count != self->shard_index)
-            rc = tick(self, (double)number, ts);
-        else
-            rc = packet_in(self, number, ts, &in);
-        if (in.payload_owned)
-            Py_XDECREF(in.payload);
-        if (bury(self) < 0)
-            rc = -1;
         pos += 16 + caplen;
     }
     PyBuffer_Release(&view);
-    for (int r = 1; r < R_COUNT && rc == 0; r++)
-        if (reasons[r] && dict_add(skipped, REASON_NAMES[r], reasons[r]) < 0)
-            rc = -1;
-    if (rc < 0)
+    return rc < 0 ? NULL : walk_result(&w, pos, skipped);
+}
+
+#define PCAPNG_EPB 6
+#define PCAPNG_MAX_BLOCK (16 * 1024 * 1024)
+#define PCAPNG_EPB_FIXED 20
+
+/* walk_pcapng(buf, pos, number, swapped, interfaces, skipped, restart_below)
+ *   -> (pos, number, bytes, first_ts, last_ts, restarted)
+ * The same for pcapng: every whole, well-formed enhanced packet block from pos for a
+ * known interface (objects with linktype, per_sec, offset_units); stops at any other
+ * block, which CaptureReader handles. */
+static PyObject *
+table_walk_pcapng(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Py_ssize_t pos;
+    Walk w = {0};
+    int swapped;
+    PyObject *skipped;
+    double restart_below;
+    if (walk_args(args, nargs, 7, &view, &pos, &w, &swapped, &skipped, &restart_below) < 0)
         return NULL;
-    PyObject *ft = isnan(first_ts) && number == first ? Py_NewRef(Py_None) : PyFloat_FromDouble(first_ts);
-    PyObject *lt = number == first ? Py_NewRef(Py_None) : PyFloat_FromDouble(last_ts);
-    if (ft == NULL || lt == NULL) {
-        Py_XDECREF(ft);
-        Py_XDECREF(lt);
+    PyObject *ifaces = PySequence_Fast(args[4], "walk_pcapng: interfaces must be a sequence");
+    if (ifaces == NULL) {
+        PyBuffer_Release(&view);
         return NULL;
     }
-    return Py_BuildValue("(nLLNNO)", pos, number, nbytes, ft, lt, restarted ? Py_True : Py_False);
+    Py_ssize_t n_if = PySequence_Fast_GET_SIZE(ifaces);
+    struct { int linktype; unsigned long long per_sec; long long offset; } *ifs =
+        PyMem_Calloc(n_if ? n_if : 1, sizeof(*ifs));
+    int rc = ifs ? 0 : -1;
+    if (ifs == NULL)
+        PyErr_NoMemory();
+    for (Py_ssize_t k = 0; k < n_if && rc == 0; k++) {
+        PyObject *it = PySequence_Fast_GET_ITEM(ifaces, k);
+        PyObject *lt = PyObject_GetAttrString(it, "linktype");
+        PyObject *ps = lt ? PyObject_GetAttrString(it, "per_sec") : NULL;
+        PyObject *ou = ps ? PyObject_GetAttrString(it, "offset_units") : NULL;
+        if (ou == NULL) {
+            rc = -1;
+        } else {
+            ifs[k].linktype = as_int(lt);
+            ifs[k].per_sec = PyLong_AsUnsignedLongLong(ps);
+            ifs[k].offset = PyLong_AsLongLong(ou);
+            if (PyErr_Occurred()) {
+                /* a resolution or offset too large for 64 bits: leave this interface's
+                 * packets to CaptureReader (per_sec 0 marks it) */
+                PyErr_Clear();
+                ifs[k].per_sec = 0;
+            }
+        }
+        Py_XDECREF(lt);
+        Py_XDECREF(ps);
+        Py_XDECREF(ou);
+    }
+    const unsigned char *buf = view.buf;
+    Py_ssize_t end = view.len;
+    while (rc == 0 && end - pos >= 12) {
+        const unsigned char *blk = buf + pos;
+        uint32_t type = rd32(blk, swapped), length = rd32(blk + 4, swapped);
+        if (type != PCAPNG_EPB || length < 12 || length % 4 || length > PCAPNG_MAX_BLOCK ||
+            (Py_ssize_t)length > end - pos || rd32(blk + length - 4, swapped) != length ||
+            length - 12 < PCAPNG_EPB_FIXED)
+            break;
+        uint32_t ifid = rd32(blk + 8, swapped), caplen = rd32(blk + 20, swapped);
+        if (ifid >= (uint64_t)n_if || ifs[ifid].per_sec == 0 ||
+            (uint64_t)caplen > (uint64_t)(length - 12 - PCAPNG_EPB_FIXED))
+            break;
+        uint64_t units = (uint64_t)rd32(blk + 12, swapped) << 32 | rd32(blk + 16, swapped);
+        double ts;
+        if (record_ts(0, units, ifs[ifid].per_sec, ifs[ifid].offset, &ts) < 0 ||
+            walk_frame(self, &w, restart_below, ts, ifs[ifid].linktype, blk + 28, caplen) < 0) {
+            rc = -1;
+            break;
+        }
+        pos += length;
+    }
+    PyMem_Free(ifs);
+    Py_DECREF(ifaces);
+    PyBuffer_Release(&view);
+    return rc < 0 ? NULL : walk_result(&w, pos, skipped);
 }
 
 static int
@@ -2123,6 +2274,9 @@ static PyMethodDef table_methods[] = {
     {"walk_pcap", (PyCFunction)(void (*)(void))table_walk_pcap, METH_FASTCALL,
      "walk_pcap(buf, pos, number, swapped, per_sec, linktype, limit, skipped, restart_below): "
      "process the whole classic-pcap records of a read buffer"},
+    {"walk_pcapng", (PyCFunction)(void (*)(void))table_walk_pcapng, METH_FASTCALL,
+     "walk_pcapng(buf, pos, number, swapped, interfaces, skipped, restart_below): "
+     "process the well-formed enhanced packet blocks of a read buffer"},
     {"packet", (PyCFunction)(void (*)(void))table_packet, METH_FASTCALL,
      "packet(pkt_no, ts, pkt): process a packet parsed by otsec.capture.parse_packet"},
     {"tick", (PyCFunction)(void (*)(void))table_tick, METH_FASTCALL,
@@ -2166,9 +2320,48 @@ static PyTypeObject FlowTableType = {
     .tp_getset = table_getset,
 };
 
+/* decode_<name>(msg, from_client, state): a compiled decoder called from Python, for the
+ * tests that compare it with its Python twin (NotImplemented: left to the Python one). */
+static PyObject *
+call_cdecode(cdecode_fn fn, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "decode(msg: bytes, from_client, state)");
+        return NULL;
+    }
+    int from_client = PyObject_IsTrue(args[1]);
+    if (from_client < 0)
+        return NULL;
+    return fn(args[0], from_client, args[2]);
+}
+
+static PyObject *
+py_decode_modbus(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return call_cdecode(otsec_modbus_decode, args, nargs);
+}
+
+static PyObject *
+py_decode_s7comm(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return call_cdecode(otsec_s7comm_decode, args, nargs);
+}
+
+static PyObject *
+py_decode_opcua(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return call_cdecode(otsec_opcua_decode, args, nargs);
+}
+
 static PyMethodDef module_methods[] = {
     {"parse_packet", (PyCFunction)(void (*)(void))py_parse_packet, METH_FASTCALL,
      "parse_packet(linktype, frame): the same result as otsec.capture.parse_packet"},
+    {"decode_modbus", (PyCFunction)(void (*)(void))py_decode_modbus, METH_FASTCALL,
+     "the compiled twin of otsec.decoders.modbus.decode (NotImplemented: not covered)"},
+    {"decode_s7comm", (PyCFunction)(void (*)(void))py_decode_s7comm, METH_FASTCALL,
+     "the compiled twin of otsec.decoders.s7comm.decode (NotImplemented: not covered)"},
+    {"decode_opcua", (PyCFunction)(void (*)(void))py_decode_opcua, METH_FASTCALL,
+     "the compiled twin of otsec.decoders.opcua.decode (NotImplemented: not covered)"},
     {NULL}
 };
 
@@ -2259,6 +2452,15 @@ load_python_side(void)
     if (get_long(sess, "MAX_PENDING_REQUESTS", &v) < 0)
         goto done;
     MAX_PENDING_REQUESTS = v;
+    for (size_t k = 0; k < N_TWINS; k++) {
+        PyObject *mod = PyImport_ImportModule(TWINS[k].module);
+        if (mod == NULL)
+            goto done;
+        TWINS[k].decode = PyObject_GetAttrString(mod, "decode");
+        Py_DECREF(mod);
+        if (TWINS[k].decode == NULL)
+            goto done;
+    }
     if (!(py_new_flow = PyObject_GetAttrString(table, "new_flow")) ||
         !(py_detect = PyObject_GetAttrString(table, "detect")) ||
         !(py_port_maps = PyObject_GetAttrString(table, "port_maps")))
@@ -2274,7 +2476,8 @@ done:
 PyMODINIT_FUNC
 PyInit__fast(void)
 {
-    if (intern_names() < 0 || load_python_side() < 0 || parse_init() < 0)
+    if (intern_names() < 0 || load_python_side() < 0 || parse_init() < 0 ||
+        otsec_modbus_init() < 0 || otsec_s7comm_init() < 0 || otsec_opcua_init() < 0)
         return NULL;
     if (!(EMPTY_BYTES = PyBytes_FromStringAndSize(NULL, 0)))
         return NULL;

@@ -1,0 +1,34 @@
+/* Compiled decoders: C twins of the Python decoders' decode(), for the messages they cover.
+ *
+ * The Python decoder (otsec/decoders/<name>.py) is the reference and the fallback. Its C
+ * twin is called first by the compiled flow layer (otsec/flow/_fast.c) with the same
+ * arguments and must either
+ *   - return a new list of Event objects equal in every field (detail keys in the same
+ *     order, pair_key equal) to what the Python decode would return, having changed the
+ *     per-connection state exactly as the Python decode would, or
+ *   - return Py_NotImplemented (a new reference) WITHOUT having changed the state: the
+ *     Python decode then handles the message, or
+ *   - return NULL with an exception set (a bug: counted as a decoder error, like a raise).
+ * A twin never reads outside msg and needs no state of its own beyond what it reads at
+ * init from its Python module (name tables, constants, the Event/Target classes), so the
+ * tables live in one place.
+ *
+ * Each twin lives in otsec/decoders/_<name>.c and exports:
+ *   int       otsec_<name>_init(void)      0, or -1 with an exception (called at import)
+ *   PyObject *otsec_<name>_decode(PyObject *msg, int from_client, PyObject *state)
+ */
+#ifndef OTSEC_CDECODE_H
+#define OTSEC_CDECODE_H
+
+#include <Python.h>
+
+typedef PyObject *(*cdecode_fn)(PyObject *msg, int from_client, PyObject *state);
+
+int otsec_modbus_init(void);
+PyObject *otsec_modbus_decode(PyObject *msg, int from_client, PyObject *state);
+int otsec_s7comm_init(void);
+PyObject *otsec_s7comm_decode(PyObject *msg, int from_client, PyObject *state);
+int otsec_opcua_init(void);
+PyObject *otsec_opcua_decode(PyObject *msg, int from_client, PyObject *state);
+
+#endif
