@@ -14,14 +14,16 @@ fast path is chosen from measurements. In one process, on one capture, it times:
     python bench/stages.py bench/out/bench_200000.pcap
     python bench/stages.py CAPTURE --policy POLICY.yaml
 
-It then prints the ceiling each plan could reach: what the packets/s would be if a
-compiled layer took over the per-packet work that is not decoding, and if it took the
-decoders too, with the rest left in Python as measured.
+The per-kind table profiles the pure-Python flow layer (the reference, and what runs
+without a C compiler). It then times the compiled flow layer the engine uses by default:
+whole, without its decoders' work (the packet layer alone), and with the Python decoders
+only (their compiled twins switched off), so the share of each part is visible.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import sys
 import time
@@ -33,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 from otsec.analysis.inventory import Summary  # noqa: E402
 from otsec.capture import CaptureReader, parse_packet  # noqa: E402
 from otsec.cli.main import GC_THRESHOLDS  # noqa: E402
-from otsec.engine import Engine, EngineConfig, collect  # noqa: E402
+from otsec.decoders.registry import BUILTIN  # noqa: E402
+from otsec.engine import CompiledFlowTable, Engine, EngineConfig, collect  # noqa: E402
 
 KINDS = ("new connection", "no payload", "payload, decoded connection", "payload, not decoded",
          "not TCP/UDP/IP")
@@ -146,38 +149,44 @@ def main() -> int:
 
     engine_total = sum(spent.values())
     analyze = t_walk + engine_total + t_summary   # the engine's feed includes the parse
-    t_decode = decoding_time(path)
-    print(f"\nanalyze in one process: {analyze:.2f} s, {packets / analyze:,.0f} packets/s")
-    print(f"of which framing, decoders, pairing and event delivery: {t_decode:.2f} s "
-          f"({t_decode / len(events) * us if events else 0:.1f} us per event)")
-    # a compiled layer doing all per-packet work but decoding leaves the decoders, event
-    # delivery and the summary in Python; compiled decoders leave the summary
-    print(f"ceiling with a compiled packet/flow/reassembly layer: {packets / (t_decode + t_summary):,.0f} packets/s")
-    print(f"ceiling with the decoders compiled too (summary left in Python): {packets / t_summary:,.0f} packets/s")
+    print(f"\nanalyze in one process, Python flow layer: {analyze:.2f} s, {packets / analyze:,.0f} packets/s")
+    if CompiledFlowTable is None:
+        print("compiled flow layer: not built")
+        return 0
+    full = engine_seconds(path)
+    packet_layer = engine_seconds(path, decoders=_silent(BUILTIN))
+    python_decoders = engine_seconds(path, twins=False)
+    print(f"\n{'compiled flow layer':44s} {'packets':>10s} {'seconds':>8s} {'us each':>8s}")
+    for label, seconds in (("engine (twins + Python decoders)", full),
+                           ("engine, decoders answering nothing", packet_layer),
+                           ("engine, Python decoders only (no twins)", python_decoders)):
+        print(f"{label:44s} {packets:10,d} {seconds:8.3f} {seconds / packets * us:8.2f}")
+    analyze = full + t_summary
+    print(f"analyze in one process, compiled flow layer: {analyze:.2f} s, {packets / analyze:,.0f} packets/s")
     return 0
 
 
-def decoding_time(path: Path) -> float:
-    """Engine time spent from Session.feed on (framing, decoders, pairing, event delivery):
-    the engine's time with a session that takes bytes and returns nothing, subtracted from
-    its full time (best of two runs each)."""
-    from otsec.flow.session import Session
+def engine_seconds(path: Path, decoders=None, twins: bool = True) -> float:
+    """Best of two runs of the compiled engine over the capture (events go nowhere)."""
+    config = EngineConfig(decoders=decoders or BUILTIN)
+    if not twins:   # the same decoders under new identities: the compiled layer does not
+        config = EngineConfig(decoders=tuple(dataclasses.replace(d, decode=_relay(d.decode)) for d in config.decoders))
+    times = []
+    for _ in range(2):
+        engine = Engine(config)
+        times.append(_seconds(lambda: (engine.read_file(path), engine.finish())))
+    return min(times)
 
-    def best() -> float:
-        times = []
-        for _ in range(2):
-            engine = Engine(EngineConfig(compiled=False))
-            times.append(_seconds(lambda: (engine.read_file(path), engine.finish())))
-        return min(times)
 
-    full = best()
-    feed = Session.feed
-    Session.feed = lambda self, *args, **kwargs: []
-    try:
-        without = best()
-    finally:
-        Session.feed = feed
-    return max(full - without, 0.0)
+def _relay(decode):
+    """The decode function under another identity (the compiled layer calls a decoder's
+    twin only for the very function it mirrors)."""
+    return lambda msg, from_client, state: decode(msg, from_client, state)
+
+
+def _silent(decoders):
+    """The decoders, probing and framing as usual, decoding into no events."""
+    return tuple(dataclasses.replace(d, decode=lambda msg, from_client, state: []) for d in decoders)
 
 
 if __name__ == "__main__":

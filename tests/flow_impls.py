@@ -1,8 +1,8 @@
 """The FlowTable implementations under test: the Python reference, and the compiled twin
 (otsec.flow._fast) when it is built.
 
-Tests take the ``flow_table_class`` fixture (ids "python" and "compiled"). Without the
-extension the compiled case skips, unless ``OTSEC_REQUIRE_COMPILED=1`` (set in CI, where
+Tests parametrize over :data:`IMPLEMENTATIONS` (ids "python" and "compiled") and resolve
+the class with :func:`table_class`. Without the extension the compiled case skips, unless ``OTSEC_REQUIRE_COMPILED=1`` (set in CI, where
 the extension must have been built): then it fails, so a silently missing build is caught.
 """
 
@@ -52,8 +52,3 @@ def available() -> dict[str, type]:
     if CompiledFlowTable is not None:
         found["compiled"] = CompiledFlowTable
     return found
-
-
-@pytest.fixture(params=IMPLEMENTATIONS)
-def flow_table_class(request) -> type:
-    return table_class(request.param)

@@ -37,4 +37,8 @@ def test_stage_profile_accounts_for_every_packet():
                          "engine: payload, not decoded", "engine: not TCP/UDP/IP"}
     assert sum(int(v[0].replace(",", "")) for v in rows.values()) == 328   # packets in the capture
     assert r.stdout.startswith("plant_incident.pcap: 328 packets, 131 events, 13 connections")
-    assert "ceiling with a compiled packet/flow/reassembly layer" in r.stdout
+    assert "analyze in one process, Python flow layer" in r.stdout
+    from otsec.engine import CompiledFlowTable
+    if CompiledFlowTable is not None:
+        rows = [line for line in r.stdout.splitlines() if line.startswith("engine, ") or line.startswith("engine (")]
+        assert len(rows) == 3 and all(int(row[44:].split()[0]) == 328 for row in rows), r.stdout

@@ -1,14 +1,23 @@
-"""The flow table: direction, content-based detection, connection reuse, bounds, Community ID."""
+"""The flow table, both implementations (Python reference and compiled twin): direction,
+content-based detection, connection reuse, bounds, Community ID."""
 
 import socket
 
+import pytest
+
 from otsec.flow.session import Health
 from otsec.flow.table import ACK, FIN, RST, SYN, community_id
-from tests.flow_impls import flow_table_class  # noqa: F401 - the fixture: "python" and "compiled"
+from tests.flow_impls import IMPLEMENTATIONS, table_class
 from tests.toy_protocol import TOY, msg
 
 A, B, C = (socket.inet_aton(ip) for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.3"))
 MAC_A, MAC_B = bytes.fromhex("001b1b000001"), bytes.fromhex("0080f4000002")
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def flow_table_class(request):
+    """Each FlowTable implementation: the Python reference and the compiled twin."""
+    return table_class(request.param)
 
 
 def pkt(src, sport, dst, dport, flags=ACK, seq=0, ack=0, payload=b"", proto=6):
@@ -234,3 +243,18 @@ def test_the_other_directions_bytes_held_until_detection_keep_their_own_packets(
     run.table.finish()
     assert [(e.function, e.kind, e.packet, e.ts) for e in run.events] == [
         ("a", "response", 1, 1.0), ("b", "response", 2, 2.0), ("c", "request", 3, 3.0)]
+
+
+def test_an_exception_raised_by_a_callback_propagates_out_of_the_call(flow_table_class):
+    """A sink that fails (disk full, a stop request) must stop the run, not be swallowed."""
+    class Stop(Exception):
+        pass
+
+    def refuse(_item):
+        raise Stop
+
+    table = flow_table_class((TOY,), {}, refuse, refuse, Health())
+    with pytest.raises(Stop):
+        table.packet(1, 1.0, pkt(A, 40000, B, 9999, payload=msg(b"q", 1, b"x"), seq=1))
+    with pytest.raises(Stop):
+        table.finish()

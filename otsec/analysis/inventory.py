@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from netaddr import EUI, NotRegisteredError
 from netaddr.core import AddrFormatError
@@ -274,6 +275,7 @@ class Summary:
         }
 
 
+@lru_cache(maxsize=1 << 16)   # parsing the text costs 5 us; a flow's IPs repeat
 def _group_address(ip: str) -> bool:
     try:
         address = ipaddress.ip_address(ip)
