@@ -2,13 +2,13 @@
 (otsec.flow._fast) when it is built.
 
 Tests parametrize over :data:`IMPLEMENTATIONS` (ids "python" and "compiled") and resolve
-the class with :func:`table_class`. Without the extension the compiled case skips, unless ``OTSEC_REQUIRE_COMPILED=1`` (set in CI, where
-the extension must have been built): then it fails, so a silently missing build is caught.
+the class with :func:`table_class`. Without the extension the compiled case skips, unless
+``OTSEC_REQUIRE_COMPILED=1`` (set in CI, where the extension must have been built): then
+it fails, so a silently missing build is caught.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
@@ -19,7 +19,7 @@ COMPILED_REQUIRED = os.environ.get("OTSEC_REQUIRE_COMPILED") == "1"
 NOT_BUILT = "compiled flow layer not built"
 
 try:
-    _fast = importlib.import_module("otsec.flow._fast")
+    from otsec.flow import _fast
 except ImportError as exc:
     _fast = None
     _WHY_NOT = f"{type(exc).__name__}: {exc}"

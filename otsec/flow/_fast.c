@@ -941,16 +941,18 @@ typedef struct Conn {
     Bounds held_bounds[2];
 } Conn;
 
-static uint64_t
+static inline uint64_t
 key_hash(const Key *k)
 {
-    uint64_t h = 1469598103934665603ULL;
-    const uint8_t *p = (const uint8_t *)k;
-    for (size_t i = 0; i < sizeof(Key); i++) {
-        h ^= p[i];
-        h *= 1099511628211ULL;
+    uint64_t w[(sizeof(Key) + 7) / 8] = {0};
+    memcpy(w, k, sizeof(Key));
+    uint64_t h = 0x9E3779B97F4A7C15ULL;
+    for (size_t i = 0; i < sizeof(w) / sizeof(w[0]); i++) {
+        h ^= w[i];
+        h *= 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
     }
-    return h ^ (h >> 29);
+    return h;
 }
 
 static void
