@@ -182,14 +182,16 @@ class Checker:
         return (loc.zone is not None and loc.asset is None
                 and (self.baseline is None or ip not in self.baseline.devices))
 
-    def _new_device(self, ip: str, loc: Located, mac: str | None, ts: float, packet: int,
+    def _new_device(self, device: Endpoint, loc: Located, ts: float, packet: int,
                     doing: str | None, identity: dict | None) -> None:
-        """Report ``ip``, which :meth:`_unknown` found unknown, as a new device."""
+        """Report ``device`` (from :meth:`_ep`), which :meth:`_unknown` found unknown, as a
+        new device."""
+        ip, mac = device.ip, device.mac
         samples = {"mac": mac, "activity": doing}
         for k, v in (identity or {}).items():
             samples[f"identity.{k}"] = v
         known = "not declared in the policy" + (" and not in the baseline" if self.baseline else "")
-        self._add("OTSEC-DEVICE-001", Endpoint(ip, None, loc.zone_name, mac), None, None, None,
+        self._add("OTSEC-DEVICE-001", device, None, None, None,
                   lambda: f"unknown device {ip}{f' (MAC {mac})' if mac else ''} in zone {loc.zone_name}: {known}",
                   ts, packet, samples)
 
@@ -211,8 +213,8 @@ class Checker:
             reported |= self._opcua_mode(ev, sd, c_loc, s_loc, client, server)
         sender_loc = c_loc if sd.from_client else s_loc
         if self._unknown(ev.src_ip, sender_loc):
-            peer = server if sd.from_client else client
-            self._new_device(ev.src_ip, sender_loc, ev.src_mac, ev.ts, ev.packet,
+            sender, peer = (client, server) if sd.from_client else (server, client)
+            self._new_device(sender, sender_loc, ev.ts, ev.packet,
                              f"{sd.protocol} {ev.function} ({ev.kind}) with {peer.label}", ev.identity)
             reported = True
         if ev.kind != "request":
@@ -371,11 +373,11 @@ class Checker:
         reported = False
         doing = f"{protocol} {flow.client_ip} -> {flow.server_ip}:{port}"
         if self._unknown(flow.client_ip, c_loc):
-            self._new_device(flow.client_ip, c_loc, flow.client_mac, flow.first_ts, flow.first_packet,
+            self._new_device(client, c_loc, flow.first_ts, flow.first_packet,
                              doing, None)
             reported = True
         if flow.packets_s2c and self._unknown(flow.server_ip, s_loc):
-            self._new_device(flow.server_ip, s_loc, flow.server_mac, flow.first_ts, flow.first_packet,
+            self._new_device(server, s_loc, flow.first_ts, flow.first_packet,
                              f"answered {doing}", None)
             reported = True
         reported |= self._external(flow, c_loc, s_loc, client, server, protocol)
