@@ -123,9 +123,12 @@ class Summary:
     def add_event(self, ev: Event) -> None:
         """Count an event for its sender (MAC, identity) and for its connection's client and
         server (who asks whom for what): the "Download block" jobs an S7 PLC sends during a
-        download are the engineering station's operation, as in ``otsec check``."""
+        download are the engineering station's operation, as in ``otsec check``.
+        (Runs once per event: host lookups are written out instead of calling host().)"""
         self.events += 1
-        src = self.host(ev.src_ip)
+        hosts = self.hosts
+        src_ip, dst_ip = ev.src_ip, ev.dst_ip
+        src = hosts.get(src_ip) or self.host(src_ip)
         if ev.src_mac:
             src.macs.add(ev.src_mac)
         if ev.identity:
@@ -133,30 +136,32 @@ class Summary:
         fn = self.functions[(ev.protocol, ev.function_code, ev.function)]
         protocol = TRANSPORT_OF.get(ev.protocol, ev.protocol)
         if sent_by_client(ev):
-            client, server = ev.src_ip, ev.dst_ip
+            client, server = src_ip, dst_ip
         else:
-            client, server = ev.dst_ip, ev.src_ip
-        if ev.kind == "request":
+            client, server = dst_ip, src_ip
+        kind = ev.kind
+        if kind == "request":
             fn["requests"] += 1
-            asker = self.host(client)
+            asker = hosts.get(client) or self.host(client)
             asker.used[protocol] += 1
             asker.sent_classes[ev.op_class] += 1
             asker.peers_as_client.add(server)
-            self.host(server).clients.add(client)
+            (hosts.get(server) or self.host(server)).clients.add(client)
             self.pairs[(client, server, protocol)][ev.op_class] += 1
-        elif ev.kind == "response":
+        elif kind == "response":
             fn["responses"] += 1
-            self.host(server).served[protocol] += 1
+            (hosts.get(server) or self.host(server)).served[protocol] += 1
             if ev.result in ("exception", "error"):
                 fn["exceptions"] += 1
-                self.host(client).rejected += 1
+                (hosts.get(client) or self.host(client)).rejected += 1
         else:
             fn["notifications"] += 1
         for flag in ev.anomalies:
             self.anomalies[flag] += 1
-        mode = ev.detail.get("security_mode") if ev.protocol == "opcua" else None
-        if mode:
-            self.security[f"opcua {mode}"] += 1
+        if ev.protocol == "opcua":
+            mode = ev.detail.get("security_mode")
+            if mode:
+                self.security[f"opcua {mode}"] += 1
 
     def add_flow(self, flow: Flow) -> None:
         self.flows += 1

@@ -51,7 +51,7 @@ def _client_sent(protocol: str, src_port: int, dst_port: int, response: bool) ->
     port below 1024; failing that, the receiver of a request. Not memoised by ports: a
     cache keyed by port pairs would grow to the number of connections (17 MiB on the
     1M-packet benchmark)."""
-    proto = _policy_name(protocol)
+    proto = _POLICY_NAMES.get(protocol) or _policy_name(protocol)
     src_srv = SERVICE_PORTS.get(src_port) == proto
     dst_srv = SERVICE_PORTS.get(dst_port) == proto
     if src_srv == dst_srv:
