@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otsec.decoders import modbus as mb
@@ -230,6 +230,18 @@ SEEDS: list[tuple[bytes, bool]] = [
     (adu("0019", "0000", "0003", "11", "00", "01"), False),            # FC 0
     (adu("001a", "0001", "00ff", "11", "5a", "00", "58"), True),       # proto 1, length 255
     (adu("001a", "0000"), False),                                      # too short
+    # caps: 36 file sub-requests (35 kept), 40 one-byte read-file records, 126 registers
+    # and 160 bits (125 kept), device-id text with NUL/tab/NBSP/VT and beyond 128 chars
+    (adu("001b", "0000", "00ff", "11", "14", "fc",             # byte count 252:
+         "06" "0001" "0002" "0003" * 36), True),               # 36 x (ref 6, file 1, rec 2, len 3)
+    (adu("001b", "0000", "0053", "11", "14", "50",             # byte count 80:
+         "0106" * 40), False),                                  # 40 x (len 1, ref 6, no words)
+    (adu("001c", "0000", "00ff", "11", "03", "fc", "0001" * 126), False),
+    (adu("001d", "0000", "0017", "11", "01", "14", "a5" * 20), False),
+    (adu("001e", "0000", "00a2", "11", "2b", "0e", "03", "83",  # extended, conformity 0x83
+         "00", "00", "02",                                      # no more, next 0, 2 objects
+         "04", "06", "09a0410020" "0b",                         # ProductName "\t\xa0A\0 \v"
+         "05", "90", "61" * 144), False),                       # ModelName, 144 x "a"
 ]
 
 
@@ -330,17 +342,27 @@ def _check_one(twin, msg: bytes, from_client: bool, kind: str) -> None:
 
 
 @given(st.binary(max_size=300), st.booleans(), STATES)
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None)
 def test_fuzz_random_bytes(twin, data, from_client, kind):
     _check_one(twin, data, from_client, kind)
 
 
-@given(st.binary(min_size=2, max_size=40), st.integers(0, 255), st.booleans(), STATES)
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_fuzz_random_pdu_after_valid_header(twin, pdu, fc, from_client, kind):
-    """Random PDUs behind a consistent MBAP header reach every field parser."""
+REQUEST_SEEDS = [m for m, c in SEEDS if c]
+
+
+@given(st.binary(min_size=2, max_size=40), st.integers(0, 255), st.booleans(),
+       st.sampled_from(REQUEST_SEEDS))
+@settings(max_examples=300, deadline=None)
+def test_fuzz_random_pdu_after_valid_header(twin, pdu, fc, from_client, pending):
+    """Random PDUs behind a consistent MBAP header reach every field parser, with a request
+    of any function pending under the same (transaction id, unit id)."""
     msg = adu("0001", "0000", "%04x" % (len(pdu) + 2), "11") + bytes([fc]) + pdu
-    _check_one(twin, msg, from_client, kind)
+    states = mb.new_state(), mb.new_state()
+    for state in states:
+        mb.decode(adu("0001") + pending[2:6] + adu("11") + pending[7:], True, state)
+    diff = Differential(twin)
+    diff.run(msg, from_client, *states)
+    diff.check("random pdu")
 
 
 MUTATIONS = st.one_of(
@@ -370,7 +392,7 @@ def _mutate(msg: bytes, mutation) -> bytes:
 
 
 @given(SEED, st.lists(MUTATIONS, min_size=1, max_size=3), STATES)
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None)
 def test_fuzz_mutated_real_messages(twin, seed, mutations, kind):
     msg, from_client = seed
     for m in mutations:

@@ -20,6 +20,9 @@
 #ifndef OTSEC_CDECODE_H
 #define OTSEC_CDECODE_H
 
+#ifndef PY_SSIZE_T_CLEAN
+#define PY_SSIZE_T_CLEAN
+#endif
 #include <Python.h>
 
 typedef PyObject *(*cdecode_fn)(PyObject *msg, int from_client, PyObject *state);
