@@ -16,6 +16,9 @@
  * Each twin lives in otsec/decoders/_<name>.c and exports:
  *   int       otsec_<name>_init(void)      0, or -1 with an exception (called at import)
  *   PyObject *otsec_<name>_decode(PyObject *msg, int from_client, PyObject *state)
+ * and, where the decoder's frame() has a twin (the same answer for every input: the
+ * message length, 0 for NEED_MORE, -1 for UNFRAMEABLE):
+ *   Py_ssize_t otsec_<name>_frame(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos)
  */
 #ifndef OTSEC_CDECODE_H
 #define OTSEC_CDECODE_H
@@ -26,11 +29,14 @@
 #include <Python.h>
 
 typedef PyObject *(*cdecode_fn)(PyObject *msg, int from_client, PyObject *state);
+typedef Py_ssize_t (*cframe_fn)(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 
 int otsec_modbus_init(void);
 PyObject *otsec_modbus_decode(PyObject *msg, int from_client, PyObject *state);
+Py_ssize_t otsec_modbus_frame(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 int otsec_s7comm_init(void);
 PyObject *otsec_s7comm_decode(PyObject *msg, int from_client, PyObject *state);
+Py_ssize_t otsec_s7comm_frame(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 int otsec_opcua_init(void);
 PyObject *otsec_opcua_decode(PyObject *msg, int from_client, PyObject *state);
 

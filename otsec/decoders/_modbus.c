@@ -35,7 +35,8 @@ static struct {
         max_write_registers, max_rw_write_registers, max_fifo_count, file_subreq_len,
         file_ref_type, file_read_max, file_write_min, file_write_max, coil_on, coil_off,
         max_detail_values, max_detail_raw, max_file_records, max_object_chars, min_id_text,
-        max_pending, umas_fc, mei_fc, mei_device_id, umas_ok, umas_error;
+        max_pending, umas_fc, mei_fc, mei_device_id, umas_ok, umas_error, length_framed_min,
+        length_tolerated_max;
 } K;
 static const struct { const char *name; long *slot; } int_attrs[] = {
     {"MBAP_LEN", &K.mbap_len}, {"LENGTH_SPEC_MAX", &K.length_spec_max},
@@ -51,6 +52,7 @@ static const struct { const char *name; long *slot; } int_attrs[] = {
     {"MIN_ID_TEXT", &K.min_id_text}, {"MAX_PENDING", &K.max_pending},
     {"UMAS_FC", &K.umas_fc}, {"MEI_FC", &K.mei_fc}, {"MEI_DEVICE_ID", &K.mei_device_id},
     {"UMAS_OK", &K.umas_ok}, {"UMAS_ERROR", &K.umas_error},
+    {"LENGTH_FRAMED_MIN", &K.length_framed_min}, {"LENGTH_TOLERATED_MAX", &K.length_tolerated_max},
 };
 
 static PyObject *EventCls, *TargetCls;
@@ -1379,6 +1381,24 @@ init_tables(PyObject *mod)
     if (!ok && !PyErr_Occurred())
         PyErr_SetString(PyExc_ImportError, "otsec.decoders.modbus has an unexpected shape");
     return ok ? 0 : -1;
+}
+
+/* The twin of modbus.frame (the reference): 6 + the length field when the protocol id is 0
+ * and the length plausible; NEED_MORE is 0, UNFRAMEABLE -1. */
+Py_ssize_t
+otsec_modbus_frame(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos)
+{
+    Py_ssize_t avail = len - pos;
+    if (avail < 4)
+        return 0;
+    if (buf[pos + 2] || buf[pos + 3])
+        return -1;
+    if (avail < 6)
+        return 0;
+    long length = (buf[pos + 4] << 8) | buf[pos + 5];
+    if (length < K.length_framed_min || length > K.length_tolerated_max)
+        return -1;
+    return avail >= 6 + length ? 6 + length : 0;
 }
 
 int

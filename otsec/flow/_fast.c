@@ -49,11 +49,12 @@ static PyObject *py_new_flow, *py_detect, *py_port_maps;
 static struct {
     const char *module;
     cdecode_fn twin;
-    PyObject *decode;
+    cframe_fn frame_twin;   /* NULL: frame() stays in Python */
+    PyObject *decode, *frame;
 } TWINS[] = {
-    {"otsec.decoders.modbus", otsec_modbus_decode, NULL},
-    {"otsec.decoders.s7comm", otsec_s7comm_decode, NULL},
-    {"otsec.decoders.opcua", otsec_opcua_decode, NULL},
+    {"otsec.decoders.modbus", otsec_modbus_decode, otsec_modbus_frame, NULL, NULL},
+    {"otsec.decoders.s7comm", otsec_s7comm_decode, otsec_s7comm_frame, NULL, NULL},
+    {"otsec.decoders.opcua", otsec_opcua_decode, NULL, NULL, NULL},
 };
 #define N_TWINS (sizeof(TWINS) / sizeof(TWINS[0]))
 static PyObject *EMPTY_BYTES;
@@ -493,6 +494,7 @@ stream_acked(Stream *s, uint32_t ack)
 typedef struct {
     PyObject *probe, *frame, *decode, *state;
     cdecode_fn cdecode;  /* the decoder's compiled twin, tried first; NULL: none */
+    cframe_fn cframe;    /* the twin of its frame(); NULL: none */
     PyObject *bufs[2];   /* index 1: client -> server (the decoder's client) */
     int syncing[2];
     PyObject *pending;   /* dict: pair key -> request event */
@@ -534,9 +536,12 @@ session_new(PyObject *decoder)
     Py_DECREF(new_state);
     if (ss->state == NULL)
         goto fail;
-    for (size_t k = 0; k < N_TWINS; k++)
+    for (size_t k = 0; k < N_TWINS; k++) {
         if (TWINS[k].decode == ss->decode)
             ss->cdecode = TWINS[k].twin;
+        if (TWINS[k].frame == ss->frame)
+            ss->cframe = TWINS[k].frame_twin;
+    }
     Py_INCREF(EMPTY_BYTES);
     ss->bufs[0] = EMPTY_BYTES;
     Py_INCREF(EMPTY_BYTES);
@@ -554,6 +559,8 @@ fail:
 static Py_ssize_t
 call_frame(Session *ss, PyObject *buf, Py_ssize_t pos)
 {
+    if (ss->cframe != NULL)
+        return ss->cframe((const unsigned char *)PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf), pos);
     PyObject *p = PyLong_FromSsize_t(pos);
     if (p == NULL)
         return -2;
@@ -2337,6 +2344,37 @@ call_cdecode(cdecode_fn fn, PyObject *const *args, Py_ssize_t nargs)
     return fn(args[0], from_client, args[2]);
 }
 
+/* frame_<name>(buf, pos): a frame twin called from Python, for the tests. */
+static PyObject *
+call_cframe(cframe_fn fn, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "frame(buf: bytes, pos: int)");
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    if (pos < 0) {
+        PyErr_SetString(PyExc_ValueError, "frame: pos must not be negative");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(fn((const unsigned char *)PyBytes_AS_STRING(args[0]),
+                                 PyBytes_GET_SIZE(args[0]), pos));
+}
+
+static PyObject *
+py_frame_modbus(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return call_cframe(otsec_modbus_frame, args, nargs);
+}
+
+static PyObject *
+py_frame_s7comm(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return call_cframe(otsec_s7comm_frame, args, nargs);
+}
+
 static PyObject *
 py_decode_modbus(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2358,6 +2396,10 @@ py_decode_opcua(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef module_methods[] = {
     {"parse_packet", (PyCFunction)(void (*)(void))py_parse_packet, METH_FASTCALL,
      "parse_packet(linktype, frame): the same result as otsec.capture.parse_packet"},
+    {"frame_modbus", (PyCFunction)(void (*)(void))py_frame_modbus, METH_FASTCALL,
+     "the compiled twin of otsec.decoders.modbus.frame"},
+    {"frame_s7comm", (PyCFunction)(void (*)(void))py_frame_s7comm, METH_FASTCALL,
+     "the compiled twin of otsec.decoders.s7comm.frame"},
     {"decode_modbus", (PyCFunction)(void (*)(void))py_decode_modbus, METH_FASTCALL,
      "the compiled twin of otsec.decoders.modbus.decode (NotImplemented: not covered)"},
     {"decode_s7comm", (PyCFunction)(void (*)(void))py_decode_s7comm, METH_FASTCALL,
@@ -2459,8 +2501,9 @@ load_python_side(void)
         if (mod == NULL)
             goto done;
         TWINS[k].decode = PyObject_GetAttrString(mod, "decode");
+        TWINS[k].frame = PyObject_GetAttrString(mod, "frame");
         Py_DECREF(mod);
-        if (TWINS[k].decode == NULL)
+        if (TWINS[k].decode == NULL || TWINS[k].frame == NULL)
             goto done;
     }
     if (!(py_new_flow = PyObject_GetAttrString(table, "new_flow")) ||

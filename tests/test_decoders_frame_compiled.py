@@ -1,0 +1,76 @@
+"""The compiled twins of the decoders' frame() (otsec/decoders/_<name>.c) against the
+Python functions: the same answer (length, NEED_MORE, UNFRAMEABLE) for every position of
+real messages cut at every length, and for hostile bytes. The flow layer frames every
+message with them, so a difference would split the stream differently."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otsec.decoders import modbus, s7comm
+from otsec.engine import collect, EngineConfig
+from tests.flow_impls import require_compiled
+
+PYTHON_FRAMES = {"modbus": modbus.frame, "s7comm": s7comm.frame}
+SAMPLES = "pcaps/protocols_showcase.pcap"
+
+
+def twin(name: str):
+    require_compiled()
+    from otsec.flow import _fast
+    return getattr(_fast, f"frame_{name}")
+
+
+def stream_bytes(name: str) -> bytes:
+    """Every message of the example capture for this decoder, concatenated (client side)."""
+    captured: list[bytes] = []
+    dec = next(d for d in EngineConfig().decoders if d.name == name)
+
+    def decode(msg, from_client, state):
+        captured.append(msg)
+        return dec.decode(msg, from_client, state)
+
+    import dataclasses
+    collect([SAMPLES], config=EngineConfig(compiled=False, decoders=(dataclasses.replace(dec, decode=decode),)))
+    assert captured, f"no {name} messages in {SAMPLES}"
+    return b"".join(captured)
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_FRAMES))
+def test_every_position_and_cut_of_real_messages(name):
+    frame, reference = twin(name), PYTHON_FRAMES[name]
+    data = stream_bytes(name)
+    for cut in range(0, len(data) + 1, 7):
+        buf = data[:cut]
+        for pos in range(0, min(len(buf) + 2, 300)):
+            assert frame(buf, pos) == reference(buf, pos), (name, cut, pos)
+    positions = 0
+    pos = 0
+    while pos < len(data):          # walking the stream message by message agrees too
+        n = frame(data, pos)
+        assert n == reference(data, pos) and n > 0
+        pos += n
+        positions += 1
+    assert positions > 5
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_FRAMES))
+@settings(max_examples=400, deadline=None)
+@given(data=st.binary(max_size=40), pos=st.integers(0, 45))
+def test_hostile_bytes(name, data, pos):
+    assert twin(name)(data, pos) == PYTHON_FRAMES[name](data, pos)
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_FRAMES))
+def test_declared_lengths_around_the_limits(name):
+    """Headers declaring every length up to past the limits (and the extremes), followed by
+    fewer, exactly as many and more bytes than they say."""
+    frame, reference = twin(name), PYTHON_FRAMES[name]
+    for length in [*range(0, 300), 0x7FFF, 0xFFFF]:
+        for head in (b"\0\0", b"\x03\x00", b"\x03\x01", b"\xff\x00"):
+            header = (head + b"\0\0" + length.to_bytes(2, "big")) if name == "modbus" else (head + length.to_bytes(2, "big"))
+            for extra in (length - 7, length - 6, length - 4, length, length + 3):
+                buf = header + bytes(max(extra, 0))
+                assert frame(buf, 0) == reference(buf, 0), (name, length, head, extra)
