@@ -306,6 +306,12 @@ def test_exception_with_trailing_byte():
     assert ev.status == "Slave device busy (6)" and ev.anomalies == [mb.A_INVALID_LENGTH]
 
 
+def test_exception_without_its_code_byte_is_still_an_exception():
+    # length 2: unit id and function code 0x83 only; the code byte is cut off
+    ev = one(adu("0001", "0000", "0002", "01", "83"), False)
+    assert ev.result == "exception" and ev.status is None and mb.A_TRUNCATED in ev.anomalies
+
+
 def test_exception_to_fc0_keeps_masked_code():
     # quickdraw sweep frame 9: 0x80 = exception to FC 0 (tshark counts it under FC 0)
     ev = one(adu("0000", "0000", "0003", "01", "80", "01"), False)

@@ -427,6 +427,13 @@ def test_request_download_block_target():
     assert ev.detail["block_type"] == "DB" and ev.detail["block_number"] == 1
 
 
+def test_block_number_of_non_ascii_digits_is_an_invalid_file_name():
+    # "²" is a digit to str.isdigit() but not to int(): the name is invalid, not a cut PDU
+    msg = DOWNLOAD.replace(b"_0A00001P", "_0A0000\u00b2P".encode("latin-1"))
+    ev = one(msg)
+    assert ev.anomalies == ["s7comm.invalid_block_filename"] and ev.targets[0].kind == "block"
+
+
 def test_pi_service_insert_block_is_program():
     # PI _INSE with one block "0A00001P" (STEP 7 download, frame 58)
     msg = tpkt(bytes.fromhex("320100000f00001a0000" "28000000000000fd" "000a" "0100" "3041303030303150"

@@ -917,9 +917,9 @@ p_umas_response(Ev *ev)
 static int
 p_exception(Ev *ev)
 {
+    ev->result = S[S_exception];
     NEED(1);
     int code = ev->d[0];
-    ev->result = S[S_exception];
     ev->status = exc_status[code];
     TRY(set_int(ev, S_exception_code, code));
     if (!exc_known[code])

@@ -715,9 +715,9 @@ def decode(msg: bytes, from_client: bool, state: dict | None) -> list[Event]:
 
 
 def _exception(ev: Event, data: bytes, ctx: dict) -> None:
+    ev.result = "exception"   # the function code says so, even if the code byte is cut off
     code = data[0]
     name = EXCEPTION_NAMES.get(code)
-    ev.result = "exception"
     ev.status = "%s (%d)" % (name or "Unknown exception", code)
     ev.detail["exception_code"] = code
     if name is None:

@@ -812,7 +812,7 @@ def _block_target(filename: str, ev: Event) -> Target:
     ev.detail["filename"] = filename[:MAX_TEXT]
     btype = BLOCK_TYPES.get(filename[1:3].upper())
     number = filename[3:8]
-    if len(filename) < 8 or btype is None or not number.isdigit():
+    if len(filename) < 8 or btype is None or not (number.isascii() and number.isdigit()):
         ev.anomalies.append("s7comm.invalid_block_filename")
         return Target(kind="block", name=filename[:MAX_TEXT])
     ev.detail["block_type"] = btype
