@@ -73,18 +73,26 @@ class Finding:
 
     def add(self, ts: float, packet: int, capture: str | None, samples: dict[str, Any] | None,
             count: int = 1) -> None:
+        """Count occurrences (runs for most checked events: kept to plain dict operations)."""
         if self.count == 0 or ts < self.first_ts:
             self.first_ts, self.first_packet, self.first_capture = ts, packet, capture
         if self.count == 0 or ts >= self.last_ts:
             self.last_ts, self.last_packet, self.last_capture = ts, packet, capture
         self.count += count
-        for name, value in (samples or {}).items():
+        if not samples:
+            return
+        buckets = self.samples
+        for name, value in samples.items():
             if value is None or value == "":
                 continue
-            bucket = self.samples.setdefault(name, {})
-            value = str(value)
-            if value in bucket:
-                bucket[value] += 1
+            if value.__class__ is not str:
+                value = str(value)
+            bucket = buckets.get(name)
+            if bucket is None:
+                bucket = buckets[name] = {}
+            seen = bucket.get(value)
+            if seen is not None:
+                bucket[value] = seen + 1
             elif len(bucket) < MAX_SAMPLES:
                 bucket[value] = 1
             else:
