@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otsec.decoders import modbus, s7comm
+from otsec.decoders import modbus, opcua, s7comm
 from otsec.engine import collect, EngineConfig
 from tests.flow_impls import require_compiled
 
-PYTHON_FRAMES = {"modbus": modbus.frame, "s7comm": s7comm.frame}
+PYTHON_FRAMES = {"modbus": modbus.frame, "s7comm": s7comm.frame, "opcua": opcua.frame}
 SAMPLES = "pcaps/protocols_showcase.pcap"
 
 
@@ -68,9 +68,14 @@ def test_declared_lengths_around_the_limits(name):
     """Headers declaring every length up to past the limits (and the extremes), followed by
     fewer, exactly as many and more bytes than they say."""
     frame, reference = twin(name), PYTHON_FRAMES[name]
-    for length in [*range(0, 300), 0x7FFF, 0xFFFF]:
-        for head in (b"\0\0", b"\x03\x00", b"\x03\x01", b"\xff\x00"):
-            header = (head + b"\0\0" + length.to_bytes(2, "big")) if name == "modbus" else (head + length.to_bytes(2, "big"))
-            for extra in (length - 7, length - 6, length - 4, length, length + 3):
-                buf = header + bytes(max(extra, 0))
+    for length in [*range(0, 300), 0x7FFF, 0xFFFF, opcua.MAX_CHUNK_SIZE, opcua.MAX_CHUNK_SIZE + 1]:
+        for head in (b"\0\0", b"\x03\x00", b"\x03\x01", b"\xff\x00", b"MSGF", b"HELF", b"MSGX", b"MSGC", b"XYZA"):
+            if name == "opcua":   # message type, chunk type, little-endian size
+                header = head + (length & 0xFFFFFFFF).to_bytes(4, "little")
+            elif name == "modbus":
+                header = head + b"\0\0" + (length & 0xFFFF).to_bytes(2, "big")
+            else:
+                header = head + (length & 0xFFFF).to_bytes(2, "big")
+            for extra in (length - 8, length - 7, length - 6, length - 4, length, length + 3):
+                buf = header + bytes(max(min(extra, 1 << 17), 0))
                 assert frame(buf, 0) == reference(buf, 0), (name, length, head, extra)

@@ -39,5 +39,6 @@ PyObject *otsec_s7comm_decode(PyObject *msg, int from_client, PyObject *state);
 Py_ssize_t otsec_s7comm_frame(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 int otsec_opcua_init(void);
 PyObject *otsec_opcua_decode(PyObject *msg, int from_client, PyObject *state);
+Py_ssize_t otsec_opcua_frame(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 
 #endif

@@ -54,7 +54,7 @@ static struct {
 } TWINS[] = {
     {"otsec.decoders.modbus", otsec_modbus_decode, otsec_modbus_frame, NULL, NULL},
     {"otsec.decoders.s7comm", otsec_s7comm_decode, otsec_s7comm_frame, NULL, NULL},
-    {"otsec.decoders.opcua", otsec_opcua_decode, NULL, NULL, NULL},
+    {"otsec.decoders.opcua", otsec_opcua_decode, otsec_opcua_frame, NULL, NULL},
 };
 #define N_TWINS (sizeof(TWINS) / sizeof(TWINS[0]))
 static PyObject *EMPTY_BYTES;
@@ -2376,6 +2376,12 @@ py_frame_s7comm(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
+py_frame_opcua(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    return call_cframe(otsec_opcua_frame, args, nargs);
+}
+
+static PyObject *
 py_decode_modbus(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     return call_cdecode(otsec_modbus_decode, args, nargs);
@@ -2400,6 +2406,8 @@ static PyMethodDef module_methods[] = {
      "the compiled twin of otsec.decoders.modbus.frame"},
     {"frame_s7comm", (PyCFunction)(void (*)(void))py_frame_s7comm, METH_FASTCALL,
      "the compiled twin of otsec.decoders.s7comm.frame"},
+    {"frame_opcua", (PyCFunction)(void (*)(void))py_frame_opcua, METH_FASTCALL,
+     "the compiled twin of otsec.decoders.opcua.frame"},
     {"decode_modbus", (PyCFunction)(void (*)(void))py_decode_modbus, METH_FASTCALL,
      "the compiled twin of otsec.decoders.modbus.decode (NotImplemented: not covered)"},
     {"decode_s7comm", (PyCFunction)(void (*)(void))py_decode_s7comm, METH_FASTCALL,
