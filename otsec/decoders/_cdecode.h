@@ -28,6 +28,21 @@
 #endif
 #include <Python.h>
 
+/* Remove a dict's oldest entry (insertion order): how the bounded per-connection tables
+ * (pending requests) make room, as Python's ``del d[next(iter(d))]``. */
+static inline int
+otsec_drop_oldest(PyObject *dict)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    if (!PyDict_Next(dict, &pos, &key, &value))
+        return 0;
+    Py_INCREF(key);
+    int rc = PyDict_DelItem(dict, key);
+    Py_DECREF(key);
+    return rc;
+}
+
 typedef PyObject *(*cdecode_fn)(PyObject *msg, int from_client, PyObject *state);
 typedef Py_ssize_t (*cframe_fn)(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 

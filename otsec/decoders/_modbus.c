@@ -1166,15 +1166,8 @@ otsec_modbus_decode(PyObject *msg, int from_client, PyObject *state)
         if (PyDict_Contains(state, pair_key) == 1)
             st = PyDict_DelItem(state, pair_key);
         if (ev.ctx != NULL && st == 0) {
-            if (PyDict_GET_SIZE(state) >= K.max_pending) {
-                Py_ssize_t pos = 0;
-                PyObject *first, *value;
-                if (PyDict_Next(state, &pos, &first, &value)) {
-                    Py_INCREF(first);
-                    st = PyDict_DelItem(state, first);
-                    Py_DECREF(first);
-                }
-            }
+            if (PyDict_GET_SIZE(state) >= K.max_pending)
+                st = otsec_drop_oldest(state);
             if (st == 0)
                 st = PyDict_SetItem(ev.ctx, S[S_fc], fc_obj);
             if (st == 0)

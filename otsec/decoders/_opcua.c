@@ -2032,15 +2032,8 @@ apply_pending(PyObject *state, PyObject *request_id, const PendingChange *change
         return -1;
     int rc = 0;
     if (change->pending_op == 1) {
-        if (PyDict_GET_SIZE(pending) >= MAX_PENDING) {
-            Py_ssize_t pos = 0;
-            PyObject *first, *v;
-            if (PyDict_Next(pending, &pos, &first, &v)) {
-                Py_INCREF(first);
-                rc = PyDict_DelItem(pending, first);
-                Py_DECREF(first);
-            }
-        }
+        if (PyDict_GET_SIZE(pending) >= MAX_PENDING)
+            rc = otsec_drop_oldest(pending);
         if (rc == 0)
             rc = PyDict_SetItem(pending, request_id, change->op_class);
     } else {

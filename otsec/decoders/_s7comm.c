@@ -201,17 +201,8 @@ remember(PyObject *table, PyObject *key, PyObject *v, long cap)
     int has = PyDict_Contains(table, key);
     if (has < 0)
         return FAILED;
-    if (!has && PyDict_GET_SIZE(table) >= cap) {
-        Py_ssize_t pos = 0;
-        PyObject *first, *val;
-        if (PyDict_Next(table, &pos, &first, &val)) {
-            Py_INCREF(first);
-            int r = PyDict_DelItem(table, first);
-            Py_DECREF(first);
-            if (r < 0)
-                return FAILED;
-        }
-    }
+    if (!has && PyDict_GET_SIZE(table) >= cap && otsec_drop_oldest(table) < 0)
+        return FAILED;
     return PyDict_SetItem(table, key, v) < 0 ? FAILED : COVERED;
 }
 

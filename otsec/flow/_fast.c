@@ -834,13 +834,7 @@ session_pair(FlowTableObject *self, Session *ss, PyObject *ev)
         Py_DECREF(kind);
         if (is_req) {
             if (PyDict_GET_SIZE(ss->pending) >= MAX_PENDING_REQUESTS) {
-                Py_ssize_t p = 0;
-                PyObject *oldest, *v;
-                if (PyDict_Next(ss->pending, &p, &oldest, &v)) {
-                    Py_INCREF(oldest);
-                    rc = PyDict_DelItem(ss->pending, oldest);
-                    Py_DECREF(oldest);
-                }
+                rc = otsec_drop_oldest(ss->pending);
                 if (rc == 0)
                     rc = health_add(self, S_unanswered_requests, 1);
             }
