@@ -258,3 +258,91 @@ def test_an_exception_raised_by_a_callback_propagates_out_of_the_call(flow_table
         table.packet(1, 1.0, pkt(A, 40000, B, 9999, payload=msg(b"q", 1, b"x"), seq=1))
     with pytest.raises(Stop):
         table.finish()
+
+
+# -- decoders and callbacks that break their contract (found by reviewing the C twin) --------
+
+def toy_with(**changes):
+    import dataclasses
+    return dataclasses.replace(TOY, **changes)
+
+
+def run_with(table_class, decoder, packets):
+    events, flows, health = [], [], Health()
+    table = table_class((decoder,), {}, events.append, flows.append, health)
+    for n, packet in enumerate(packets, 1):
+        table.packet(n, float(n), packet)
+    table.finish()
+    return events, flows, health
+
+
+def two_messages():
+    return [pkt(A, 40000, B, 9999, SYN, seq=0),
+            pkt(A, 40000, B, 9999, ACK, seq=1, ack=1, payload=msg(b"q", 1, b"rd") + msg(b"q", 2, b"rd"))]
+
+
+@pytest.mark.parametrize("claim", [1000, 2**62, 2**64])
+def test_a_frame_claiming_more_than_is_held_takes_the_rest(flow_table_class, claim):
+    """A buggy frame() must not read past the held bytes: the rest is one message."""
+    def frame(buf, pos):
+        return claim if pos else len(buf) // 2   # the first message honestly, then too much
+    events, flows, health = run_with(flow_table_class, toy_with(frame=frame), two_messages())
+    assert [e.function for e in events] == ["rd", "rd"] and health.decoder_errors == 0
+    assert flows[0].events == 2
+
+
+@pytest.mark.parametrize("answer", [-2, -7, -(2**70)])
+def test_any_negative_frame_answer_means_unframeable(flow_table_class, answer):
+    calls = []
+
+    def frame(buf, pos):
+        calls.append(pos)
+        return answer if len(calls) == 1 else TOY.frame(buf, pos)
+    events, _, health = run_with(flow_table_class, toy_with(frame=frame), two_messages())
+    assert health.resyncs >= 1 and [e.function for e in events] == ["rd"]
+
+
+def test_a_decoder_returning_a_generator_or_none(flow_table_class):
+    gen = toy_with(decode=lambda m, f, s: (ev for ev in TOY.decode(m, f, s)))
+    events, _, health = run_with(flow_table_class, gen, two_messages())
+    assert len(events) == 2 and health.messages == 2
+    events, _, health = run_with(flow_table_class, toy_with(decode=lambda m, f, s: None), two_messages())
+    assert events == [] and health.decoder_errors == 2
+
+
+def test_unpaired_responses_are_flagged_whatever_the_event_carries(flow_table_class):
+    from otsec.model import Event
+
+    def decode(m, f, s):
+        return [Event(protocol=None, kind="response", function="x", op_class="read", pair_key=[1])]
+    packets = [pkt(A, 40000, B, 9999, SYN, seq=0),
+               pkt(B, 9999, A, 40000, ACK, seq=1, ack=1, payload=msg(b"r", 1, b"rd"))]
+    events, _, health = run_with(flow_table_class, toy_with(decode=decode), packets)
+    # an unhashable key with nothing pending is simply unpaired (as dict.pop on an empty dict)
+    assert events[0].anomalies == ["None.unpaired_response"] and health.unpaired_responses == 1
+
+
+def test_the_compiled_table_refuses_calls_from_its_own_callbacks():
+    table_cls = table_class("compiled")
+    caught = []
+
+    def on_event(ev):
+        try:
+            table.finish()
+        except RuntimeError as exc:
+            caught.append(str(exc))
+    table = table_cls((TOY,), {}, on_event, lambda f: None, Health())
+    for n, packet in enumerate(two_messages(), 1):
+        table.packet(n, float(n), packet)
+    table.finish()
+    assert caught == ["FlowTable called again from one of its own callbacks"] * 2
+
+
+def test_an_uninitialised_compiled_table_refuses_work_instead_of_crashing():
+    table_cls = table_class("compiled")
+    table = table_cls.__new__(table_cls)
+    assert table.capture == "" and table.emitting == (0, 0) and table.open_count == 0
+    with pytest.raises(RuntimeError, match="not initialised"):
+        table.packet(1, 1.0, two_messages()[0])
+    with pytest.raises(ValueError, match="ports"):
+        table_cls((TOY,), {}, print, print, Health()).packet(1, 1.0, pkt(A, 70000, B, 9999))

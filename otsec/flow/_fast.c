@@ -70,7 +70,7 @@ static PyObject *S_capture, *S_flow_id, *S_src_ip, *S_src_port, *S_src_mac, *S_d
     *S_h_gaps, *S_resyncs, *S_unframeable_bytes, *S_buffer_overflows,
     *S_unpaired_responses, *S_unanswered_requests, *S_truncated_at_eof,
     *S_decoder_errors, *S_flows, *S_flows_timed_out, *S_flows_evicted,
-    *S_retransmitted_bytes, *S_overlap_conflicts, *S_gap_bytes, *S_unpaired_suffix;
+    *S_retransmitted_bytes, *S_overlap_conflicts, *S_gap_bytes, *S_append;
 
 /* ---------------------------------------------------------------------------------- */
 /* small helpers                                                                        */
@@ -555,25 +555,39 @@ fail:
     return NULL;
 }
 
-/* frame(buf, pos) -> int; -2 on a Python error */
+/* call_frame's answer when frame() raised (every other answer is >= -1). */
+#define FRAME_FAILED PY_SSIZE_T_MIN
+
+/* frame(buf, pos): the message length, 0 (NEED_MORE), -1 for any negative answer
+ * (UNFRAMEABLE, as the Python session reads it), or FRAME_FAILED. An answer too large for
+ * a Py_ssize_t counts as PY_SSIZE_T_MAX (the caller clamps it to the bytes at hand). */
 static Py_ssize_t
 call_frame(Session *ss, PyObject *buf, Py_ssize_t pos)
 {
-    if (ss->cframe != NULL)
-        return ss->cframe((const unsigned char *)PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf), pos);
-    PyObject *p = PyLong_FromSsize_t(pos);
-    if (p == NULL)
-        return -2;
-    PyObject *args[2] = {buf, p};
-    PyObject *r = PyObject_Vectorcall(ss->frame, args, 2, NULL);
-    Py_DECREF(p);
-    if (r == NULL)
-        return -2;
-    Py_ssize_t n = PyLong_AsSsize_t(r);
-    Py_DECREF(r);
-    if (n == -1 && PyErr_Occurred())
-        return -2;
-    return n;
+    Py_ssize_t n;
+    if (ss->cframe != NULL) {
+        n = ss->cframe((const unsigned char *)PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf), pos);
+    } else {
+        PyObject *p = PyLong_FromSsize_t(pos);
+        if (p == NULL)
+            return FRAME_FAILED;
+        PyObject *args[2] = {buf, p};
+        PyObject *r = PyObject_Vectorcall(ss->frame, args, 2, NULL);
+        Py_DECREF(p);
+        if (r == NULL)
+            return FRAME_FAILED;
+        n = PyLong_AsSsize_t(r);
+        if (n == -1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                Py_DECREF(r);
+                return FRAME_FAILED;
+            }
+            PyErr_Clear();
+            n = _PyLong_Sign(r) < 0 ? -1 : PY_SSIZE_T_MAX;
+        }
+        Py_DECREF(r);
+    }
+    return n < 0 ? -1 : n;
 }
 
 /* probe(buf, pos) -> 0/1; -1 on a Python error */
@@ -633,6 +647,7 @@ struct FlowTableObject {
     struct Entry **buckets;
     size_t nbuckets, nentries;
     struct Conn *graveyard;     /* ended during the current call; freed when it returns */
+    int busy;                   /* a call is in progress (see enter()) */
 };
 
 /* health.<name> += n */
@@ -655,6 +670,8 @@ session_decode(FlowTableObject *self, Session *ss, PyObject *msg, int from_clien
     if (events == NULL && !PyErr_Occurred()) {
         PyObject *args[3] = {msg, from_client ? Py_True : Py_False, ss->state};
         events = PyObject_Vectorcall(ss->decode, args, 3, NULL);
+        if (events != NULL && !PyList_CheckExact(events))  /* the contract says list; take any iterable */
+            Py_SETREF(events, PySequence_List(events));
     }
     if (events == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_Exception))
@@ -663,34 +680,28 @@ session_decode(FlowTableObject *self, Session *ss, PyObject *msg, int from_clien
         PyErr_Clear();
         return health_add(self, S_decoder_errors, 1);
     }
-    PyObject *it = PyObject_GetIter(events);
-    Py_DECREF(events);
-    if (it == NULL)
-        return -1;
     PyObject *pkt = PyLong_FromLongLong(packet), *t = PyFloat_FromDouble(ts);
-    PyObject *ev;
     int rc = (pkt && t) ? 0 : -1;
     long long count = 0;
-    while (rc == 0 && (ev = PyIter_Next(it)) != NULL) {
-        PyObject *proto;
-        if (PyObject_SetAttr(ev, S_packet, pkt) < 0 || PyObject_SetAttr(ev, S_ts, t) < 0 ||
-            (proto = PyObject_GetAttr(ev, S_protocol)) == NULL) {
+    for (Py_ssize_t k = 0; rc == 0 && k < PyList_GET_SIZE(events); k++) {
+        PyObject *ev = PyList_GET_ITEM(events, k), *proto;
+        Py_INCREF(ev);
+        if (PyObject_SetAttr(ev, S_packet, pkt) < 0 || PyObject_SetAttr(ev, S_ts, t) < 0) {
             rc = -1;
         } else {
             count++;
-            if (PySet_Add(ss->protocols, proto) < 0 || PyList_Append(out, ev) < 0)
+            if ((proto = PyObject_GetAttr(ev, S_protocol)) == NULL ||
+                PySet_Add(ss->protocols, proto) < 0 || PyList_Append(out, ev) < 0)
                 rc = -1;
-            Py_DECREF(proto);
+            Py_XDECREF(proto);
         }
         Py_DECREF(ev);
     }
-    if (rc == 0 && PyErr_Occurred())
-        rc = -1;
-    Py_DECREF(it);
+    Py_DECREF(events);
     Py_XDECREF(pkt);
     Py_XDECREF(t);
-    if (rc == 0 && count)
-        rc = health_add(self, S_messages, count);
+    if (count && health_add(self, S_messages, count) < 0)
+        rc = -1;
     return rc;
 }
 
@@ -712,7 +723,7 @@ session_feed(FlowTableObject *self, Session *ss, PyObject *data, int from_client
     PyObject *held = ss->bufs[i];
     if (bounds == NULL && PyBytes_GET_SIZE(held) == 0 && !ss->syncing[i]) {
         Py_ssize_t n = call_frame(ss, data, 0);
-        if (n == -2)
+        if (n == FRAME_FAILED)
             return -1;
         if (n == PyBytes_GET_SIZE(data))  /* the common case: one whole message */
             return session_decode(self, ss, data, from_client, packet, ts, out);
@@ -754,8 +765,10 @@ session_feed(FlowTableObject *self, Session *ss, PyObject *data, int from_client
             ss->syncing[i] = 0;
         }
         Py_ssize_t n = call_frame(ss, buf, pos);
-        if (n == -2)
+        if (n == FRAME_FAILED)
             goto fail;
+        if (n > end - pos)  /* a frame() claiming more than is here: the rest is the message */
+            n = end - pos;
         if (n > 0) {
             if (bounds != NULL) {
                 while (bounds->v[seg].end < pos + n - base)
@@ -765,8 +778,7 @@ session_feed(FlowTableObject *self, Session *ss, PyObject *data, int from_client
             }
             PyObject *msg;
             if (pos || n != end) {
-                Py_ssize_t take = n < end - pos ? n : end - pos;  /* a slice never overruns */
-                msg = PyBytes_FromStringAndSize(PyBytes_AS_STRING(buf) + pos, take);
+                msg = PyBytes_FromStringAndSize(PyBytes_AS_STRING(buf) + pos, n);
                 if (msg == NULL)
                     goto fail;
             } else {
@@ -789,8 +801,7 @@ session_feed(FlowTableObject *self, Session *ss, PyObject *data, int from_client
     }
     PyObject *rest;
     if (pos) {
-        Py_ssize_t from = pos < end ? pos : end;
-        rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(buf) + from, end - from);
+        rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(buf) + pos, end - pos);
         if (rest == NULL)
             goto fail;
     } else {
@@ -841,7 +852,8 @@ session_pair(FlowTableObject *self, Session *ss, PyObject *ev)
             if (rc == 0)
                 rc = PyDict_SetItem(ss->pending, key, ev);
         } else if (is_resp) {
-            PyObject *req = PyDict_GetItemWithError(ss->pending, key);
+            /* as dict.pop: an empty table answers without hashing the key */
+            PyObject *req = PyDict_GET_SIZE(ss->pending) ? PyDict_GetItemWithError(ss->pending, key) : NULL;
             if (req == NULL) {
                 if (PyErr_Occurred()) {
                     rc = -1;
@@ -849,9 +861,11 @@ session_pair(FlowTableObject *self, Session *ss, PyObject *ev)
                     rc = health_add(self, S_unpaired_responses, 1);
                     PyObject *proto = rc == 0 ? PyObject_GetAttr(ev, S_protocol) : NULL;
                     PyObject *anomalies = proto ? PyObject_GetAttr(ev, S_anomalies) : NULL;
-                    PyObject *flag = anomalies ? PyUnicode_Concat(proto, S_unpaired_suffix) : NULL;
-                    if (flag == NULL || PyList_Append(anomalies, flag) < 0)
+                    PyObject *flag = anomalies ? PyUnicode_FromFormat("%S.unpaired_response", proto) : NULL;
+                    PyObject *r = flag ? PyObject_CallMethodOneArg(anomalies, S_append, flag) : NULL;
+                    if (r == NULL)
                         rc = -1;
+                    Py_XDECREF(r);
                     Py_XDECREF(proto);
                     Py_XDECREF(anomalies);
                     Py_XDECREF(flag);
@@ -1012,16 +1026,22 @@ index_get(FlowTableObject *self, const Key *k)
     return NULL;
 }
 
+/* Room for n more entries, so that inserting them cannot fail half-way. */
 static int
+index_reserve(FlowTableObject *self, size_t n)
+{
+    if (self->nentries + n > self->nbuckets * 3 / 4 && index_grow(self) < 0)
+        return -1;
+    return 0;
+}
+
+static void
 index_put(FlowTableObject *self, Entry *e)
 {
-    if (self->nentries + 1 > self->nbuckets * 3 / 4 && index_grow(self) < 0)
-        return -1;
     size_t j = key_hash(&e->key) & (self->nbuckets - 1);
     e->next = self->buckets[j];
     self->buckets[j] = e;
     self->nentries++;
-    return 0;
 }
 
 static void
@@ -1079,26 +1099,22 @@ conn_sync(Conn *c)
 
 /* Free what ended during the current call (its Flow gets its final counters first, as
  * the Python object would keep being updated). */
-static int
+static void
 bury(FlowTableObject *self)
 {
-    int rc = 0;
     if (self->graveyard == NULL)
-        return 0;
+        return;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     while (self->graveyard) {
         Conn *c = self->graveyard;
         self->graveyard = c->next;
-        if (conn_sync(c) < 0) {
-            rc = -1;
+        if (conn_sync(c) < 0)   /* only the record's last counters are lost */
             PyErr_Clear();
-        }
         conn_free(c);
     }
     if (type)
         PyErr_Restore(type, value, tb);
-    return rc;
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -1571,10 +1587,12 @@ new_conn(FlowTableObject *self, long long pkt_no, double ts, Input *in, int *fro
     c->entries[1].from_client = 0;
     /* the server->client entry goes in last, so that for a connection whose two keys are
      * the same (a host talking to itself on one port) it is the one found, as in Python */
-    if (index_put(self, &c->entries[0]) < 0 || index_put(self, &c->entries[1]) < 0) {
+    if (index_reserve(self, 2) < 0) {
         conn_free(c);
         return NULL;
     }
+    index_put(self, &c->entries[0]);
+    index_put(self, &c->entries[1]);
     c->prev = self->last;
     if (self->last) self->last->next = c; else self->first = c;
     self->last = c;
@@ -1668,18 +1686,37 @@ packet_in(FlowTableObject *self, long long pkt_no, double ts, Input *in)
 /* ---------------------------------------------------------------------------------- */
 /* The Python type                                                                    */
 
+/* Every call that can end connections enters and leaves through these: a callback
+ * (on_event, on_flow, a decoder) calling back into the table that is calling it is refused,
+ * since it could end a connection the outer call is still working on. */
 static int
-finish_call(FlowTableObject *self, int rc)
+enter(FlowTableObject *self)
 {
-    if (bury(self) < 0 && rc == 0)
-        rc = -1;
+    if (self->decoders == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "FlowTable was not initialised");
+        return -1;
+    }
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "FlowTable called again from one of its own callbacks");
+        return -1;
+    }
+    self->busy = 1;
+    return 0;
+}
+
+/* Leave: free what ended during the call. */
+static int
+leave(FlowTableObject *self, int rc)
+{
+    bury(self);
+    self->busy = 0;
     return rc;
 }
 
 static PyObject *
 done(FlowTableObject *self, int rc)
 {
-    if (finish_call(self, rc) < 0)
+    if (leave(self, rc) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -1721,6 +1758,10 @@ table_frame(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyBuffer_Release(&view);
         Py_INCREF(REASON_NAMES[r]);
         return REASON_NAMES[r];
+    }
+    if (enter(self) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
     }
     int rc;
     if (self->shard_count &&
@@ -1820,8 +1861,7 @@ walk_frame(FlowTableObject *self, Walk *w, double restart_below, double ts, int 
         rc = packet_in(self, number, ts, &in);
     if (in.payload_owned)
         Py_XDECREF(in.payload);
-    if (bury(self) < 0)
-        rc = -1;
+    bury(self);   /* per packet: what ended is freed at once, as a walk can be long */
     return rc;
 }
 
@@ -1895,6 +1935,10 @@ table_walk_pcap(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_ValueError, "walk_pcap: per_sec must be positive");
         return NULL;
     }
+    if (enter(self) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     const unsigned char *buf = view.buf;
     Py_ssize_t end = view.len;
     int rc = 0;
@@ -1912,7 +1956,7 @@ table_walk_pcap(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
         pos += 16 + caplen;
     }
     PyBuffer_Release(&view);
-    return rc < 0 ? NULL : walk_result(&w, pos, skipped);
+    return leave(self, rc) < 0 ? NULL : walk_result(&w, pos, skipped);
 }
 
 #define PCAPNG_EPB 6
@@ -1943,7 +1987,8 @@ table_walk_pcapng(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_ssize_t n_if = PySequence_Fast_GET_SIZE(ifaces);
     struct { int linktype; unsigned long long per_sec; long long offset; } *ifs =
         PyMem_Calloc(n_if ? n_if : 1, sizeof(*ifs));
-    int rc = ifs ? 0 : -1;
+    int rc = ifs ? enter(self) : -1;
+    int entered = rc == 0;
     if (ifs == NULL)
         PyErr_NoMemory();
     for (Py_ssize_t k = 0; k < n_if && rc == 0; k++) {
@@ -1993,6 +2038,8 @@ table_walk_pcapng(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs
     PyMem_Free(ifs);
     Py_DECREF(ifaces);
     PyBuffer_Release(&view);
+    if (entered)
+        leave(self, rc);
     return rc < 0 ? NULL : walk_result(&w, pos, skipped);
 }
 
@@ -2058,8 +2105,14 @@ table_packet(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
     p->ack = (uint32_t)PyLong_AsUnsignedLongMask(PyTuple_GET_ITEM(t, 9));
     if (PyErr_Occurred())
         return NULL;
+    if (p->proto < 0 || p->proto > 255 || p->sport < 0 || p->sport > 65535 || p->dport < 0 || p->dport > 65535) {
+        PyErr_SetString(PyExc_ValueError, "packet tuple: proto must be 0..255 and ports 0..65535");
+        return NULL;
+    }
     in.payload = payload;
     p->payload_len = PyBytes_GET_SIZE(payload);
+    if (enter(self) < 0)
+        return NULL;
     return done(self, packet_in(self, pkt_no, ts, &in));
 }
 
@@ -2072,7 +2125,7 @@ table_tick(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     /* pkt_no may be a fraction: Engine.sweep passes the clock, which can be between packets */
     double pkt_no = PyFloat_AsDouble(args[0]), ts = PyFloat_AsDouble(args[1]);
-    if (PyErr_Occurred())
+    if (PyErr_Occurred() || enter(self) < 0)
         return NULL;
     return done(self, tick(self, pkt_no, ts));
 }
@@ -2081,7 +2134,7 @@ static PyObject *
 table_retire_all(FlowTableObject *self, PyObject *arg)
 {
     double pkt_no = PyFloat_AsDouble(arg);
-    if (pkt_no == -1.0 && PyErr_Occurred())
+    if ((pkt_no == -1.0 && PyErr_Occurred()) || enter(self) < 0)
         return NULL;
     return done(self, retire_all(self, pkt_no));
 }
@@ -2089,6 +2142,8 @@ table_retire_all(FlowTableObject *self, PyObject *arg)
 static PyObject *
 table_finish(FlowTableObject *self, PyObject *Py_UNUSED(ignored))
 {
+    if (enter(self) < 0)
+        return NULL;
     return done(self, retire_all(self, INFINITY));
 }
 
@@ -2148,6 +2203,26 @@ table_get_emitting(FlowTableObject *self, void *closure)
     return self->emitting;
 }
 
+/* The attributes every method reads exist from the start, initialised or not. */
+static PyObject *
+table_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    FlowTableObject *self = (FlowTableObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->counters = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i}", "flows", 0, "flows_timed_out", 0,
+                                   "flows_evicted", 0, "retransmitted_bytes", 0,
+                                   "overlap_conflicts", 0, "gap_bytes", 0);
+    self->capture = PyUnicode_FromString("");
+    self->emitting = Py_BuildValue("(ii)", 0, 0);
+    if (!self->counters || !self->capture || !self->emitting) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->sweep_floor = -INFINITY;
+    return (PyObject *)self;
+}
+
 static int
 table_init(FlowTableObject *self, PyObject *args, PyObject *kwds)
 {
@@ -2188,19 +2263,10 @@ table_init(FlowTableObject *self, PyObject *args, PyObject *kwds)
     self->on_flow = on_flow;
     Py_INCREF(health);
     self->health = health;
-    self->counters = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i}", "flows", 0, "flows_timed_out", 0,
-                                   "flows_evicted", 0, "retransmitted_bytes", 0,
-                                   "overlap_conflicts", 0, "gap_bytes", 0);
-    self->capture = PyUnicode_FromString("");
-    self->emitting = Py_BuildValue("(ii)", 0, 0);
-    if (!self->counters || !self->capture || !self->emitting)
-        return -1;
     self->max_flows = max_flows;
     self->tcp_idle = tcp_idle;
     self->udp_idle = udp_idle;
     self->closed_linger = closed_linger;
-    self->next_sweep = 0.0;
-    self->sweep_floor = -INFINITY;
     return 0;
 }
 
@@ -2313,7 +2379,7 @@ static PyTypeObject FlowTableType = {
     .tp_doc = "The compiled twin of otsec.flow.table.FlowTable (same results, faster).",
     .tp_basicsize = sizeof(FlowTableObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
+    .tp_new = table_new,
     .tp_init = (initproc)table_init,
     .tp_dealloc = (destructor)table_dealloc,
     .tp_traverse = (traverseproc)table_traverse,
@@ -2461,7 +2527,7 @@ intern_names(void)
     I(S_truncated_at_eof, "truncated_at_eof"); I(S_decoder_errors, "decoder_errors");
     I(S_flows, "flows"); I(S_flows_timed_out, "flows_timed_out"); I(S_flows_evicted, "flows_evicted");
     I(S_retransmitted_bytes, "retransmitted_bytes"); I(S_overlap_conflicts, "overlap_conflicts");
-    I(S_gap_bytes, "gap_bytes"); I(S_unpaired_suffix, ".unpaired_response");
+    I(S_gap_bytes, "gap_bytes"); I(S_append, "append");
 #undef I
     return 0;
 }

@@ -104,6 +104,8 @@ class Session:
                 pos = start
                 self.syncing[i] = False
             n = frame(buf, pos)
+            if n > end - pos:   # a frame() claiming more than is here: the rest is the message
+                n = end - pos
             if n > 0:
                 if bounds is not None:
                     while bounds[seg][0] < pos + n - base:
@@ -137,6 +139,8 @@ class Session:
     def _decode(self, msg: bytes, from_client: bool, packet: int, ts: float) -> list[Event]:
         try:
             events = self.decoder.decode(msg, from_client, self.state)
+            if events.__class__ is not list:   # the contract says list; take any iterable
+                events = list(events)
         except Exception:  # a decoder bug must not stop the sensor; it is counted
             self.health.decoder_errors += 1
             return []
