@@ -230,3 +230,31 @@ def test_check_and_baseline_diff_name_the_side_outside_every_zone_alike(baseline
     assert r.exit_code == 0, r.output
     assert "field -> external  plc-modbus -> 203.0.113.5  https/443" in r.stdout
     assert " -> -  " not in r.stdout and "- -> " not in r.stdout
+
+
+def test_findings_written_to_a_file_are_what_rich_would_print():
+    """Off a terminal the findings text is written directly (rich takes a second for 10,000
+    findings): the characters must be the ones rich prints, tabs and wire text included."""
+    import io
+
+    from rich.console import Console
+
+    from otsec.cli.check import _findings_text, _print_text
+    from otsec.detect.checker import Checker
+    from otsec.engine import analyze
+    from otsec.policy.loader import load_policy
+
+    checker = Checker(load_policy(POLICY))
+    analyze([INCIDENT], on_event=checker.on_event, on_flow=checker.on_flow)
+    findings = checker.finish()
+    findings[0].explanation += "\twith a tab, \x1b[31man escape\x1b[0m and [bold]markup[/bold]"
+    outputs = []
+    for write in (lambda c, t: c.print(t), _print_text):
+        buf = io.StringIO()
+        write(Console(file=buf, highlight=False, soft_wrap=True), _findings_text(findings))
+        outputs.append(buf.getvalue())
+    assert outputs[0] == outputs[1] and "[bold]markup[/bold]" in outputs[1]
+    # control characters from the wire are shown as escapes, never sent to the terminal
+    assert "\x1b" not in outputs[1] and "\t" not in outputs[1] and "\\twith a tab, \\x1b[31man escape" in outputs[1]
+    explanations = [line for line in outputs[1].splitlines() if line.startswith("         ")]
+    assert len(explanations) == len(findings)   # one line each, whatever the wire put in them

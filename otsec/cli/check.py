@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from otsec.sensor.outputs import one_line
+
 from otsec.capture import has_capture_magic
 from otsec.detect.baseline import Baseline, Learner, diff as baseline_diff
 from otsec.detect.checker import Checker
@@ -261,7 +263,8 @@ SEVERITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "lo
 
 def _findings_text(findings: list[Finding]) -> Text:
     """Findings as two-line blocks (readable at any terminal width); wire-derived text is
-    appended as plain text, never parsed as rich markup."""
+    appended as plain text, never parsed as rich markup, with control characters as
+    visible escapes (a device name cannot move the cursor or recolour the terminal)."""
     text = Text(f"{len(findings)} findings\n", style="bold")
     for f in findings:
         packets = str(f.first_packet) if f.first_packet == f.last_packet else f"{f.first_packet}-{f.last_packet}"
@@ -270,9 +273,20 @@ def _findings_text(findings: list[Finding]) -> Text:
         proto = f"{f.protocol}/{f.port}" if f.protocol else "-"
         text.append(f"\n{f.severity.upper():8s} ", style=SEVERITY_STYLE[f.severity])
         text.append(f"{f.rule_id}  ", style="bold")
-        text.append(f"{src} -> {dst}  {proto}  x{f.count}  packets {packets}\n")
-        text.append(f"         {f.explanation}\n")
+        text.append(one_line(f"{src} -> {dst}  {proto}  x{f.count}  packets {packets}") + "\n")
+        text.append(f"         {one_line(f.explanation)}\n")
     return text
+
+
+def _print_text(console: Console, text: Text) -> None:
+    """Print findings: through rich on a terminal (colours); elsewhere (a file, a pipe) the
+    same characters written directly, as rich would lay them out without styles: rendering
+    10,000 findings through rich takes a second."""
+    if console.is_terminal:
+        console.print(text)
+    else:
+        text.expand_tabs()
+        console.file.write(text.plain + "\n")
 
 
 def check(
@@ -307,7 +321,7 @@ def check(
                                    [str(c) for c in captures])
     console = err if json_file == "-" else out
     if active:
-        console.print(_findings_text(active))
+        _print_text(console, _findings_text(active))
     else:
         console.print("no findings", markup=False)
     suppressed = len(findings) - len(active)
