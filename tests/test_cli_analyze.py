@@ -179,3 +179,25 @@ def test_version_says_which_flow_layer_runs():
         assert "pure-Python flow layer" in r.stdout
     else:
         assert r.stdout.strip().endswith("(compiled flow layer)")
+
+
+def test_wire_text_with_control_characters_cannot_drive_the_terminal():
+    """A device that reports an identity holding an escape sequence: the summary shows it
+    as an escape, on one line."""
+    import io
+
+    from rich.console import Console
+
+    from otsec.analysis.inventory import Summary
+    from otsec.engine import reduce
+    from otsec.report.console import render_summary
+
+    summary, stats = reduce([SHOWCASE], Summary)
+    host = next(h for h in summary.hosts.values() if h.identity)
+    field = next(iter(host.identity))
+    host.identity[field] = "evil\x1b[2J\x1b]0;owned\x07\nsecond line"
+    buf = io.StringIO()
+    render_summary(summary.report(stats, [str(SHOWCASE)]), Console(file=buf, width=400))
+    shown = buf.getvalue()
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "evil\\x1b[2J\\x1b]0;owned\\x07\\nsecond line" in shown

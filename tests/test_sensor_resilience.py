@@ -24,7 +24,8 @@ from otsec.detect.findings import Endpoint
 from otsec.engine import EngineConfig
 from otsec.sensor import outputs, runner
 from otsec.sensor.evidence import EvidenceRecorder
-from otsec.sensor.outputs import JsonLinesOutput, SyslogOutput, format_cef, format_rfc5424, one_line
+from otsec.report.wording import one_line
+from otsec.sensor.outputs import JsonLinesOutput, SyslogOutput, format_cef, format_rfc5424
 from otsec.sensor.runner import Sensor, SensorConfig
 
 from tests.test_sensor_run import INCIDENT, NORMAL, POLICY, expected_findings, split_pcap

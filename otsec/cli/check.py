@@ -18,7 +18,6 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from otsec.sensor.outputs import one_line
 
 from otsec.capture import has_capture_magic
 from otsec.detect.baseline import Baseline, Learner, diff as baseline_diff
@@ -32,7 +31,7 @@ from otsec.model import Event, Flow
 from otsec.policy.draft import Drafter
 from otsec.policy.loader import PolicyError, parse_policy
 from otsec.policy.model import Policy
-from otsec.report.wording import count, zone_label
+from otsec.report.wording import count, one_line, zone_label
 
 policy_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                          help="Validate or draft a zones-and-conduits policy.")

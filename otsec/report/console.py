@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from otsec.report.wording import one_line
+
 #: Identity fields worth a column; the JSON summary carries all of them.
 IDENTITY_SHOWN = frozenset({"vendor", "product_code", "product", "revision", "order_number",
                             "module", "module_type", "firmware", "serial_number", "plant_id",
@@ -35,8 +37,9 @@ def _table(title: str, *columns: str) -> Table:
 
 
 def add_plain_row(table: Table, *cells) -> None:
-    """Add a row whose cells are shown as plain text (wire data is never rich markup)."""
-    table.add_row(*(Text("" if c is None else str(c)) for c in cells))
+    """Add a row whose cells are shown as plain text: wire data is never rich markup, and
+    its control characters are shown as escapes (a device name cannot drive the terminal)."""
+    table.add_row(*(Text("" if c is None else one_line(c)) for c in cells))
 
 
 def _code_text(protocol: str, code: int | None) -> str:

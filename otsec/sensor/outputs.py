@@ -44,6 +44,7 @@ from typing import Any
 
 from otsec import __version__
 from otsec.paths import unwritable
+from otsec.report.wording import CONTROL_CHARS, one_line
 
 #: Syslog facilities by name (RFC 5424 table 1).
 FACILITIES = {"user": 1, "daemon": 3, "auth": 4, "local0": 16, "local1": 17, "local2": 18,
@@ -64,8 +65,6 @@ CONNECT_TIMEOUT = 5.0
 #: At shutdown, how long the queue may take to drain to a reachable collector.
 CLOSE_GRACE = 2.0
 SYSLOG_FORMATS = ("rfc5424", "cef")
-#: C0 controls and DEL: written as escapes so a value from the wire cannot start a new line.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: RFC 5424 HOSTNAME is 1-255 printable US-ASCII characters.
 _NOT_PRINTUSASCII = re.compile(r"[^\x21-\x7e]")
 
@@ -175,11 +174,6 @@ class JsonLinesOutput:
 
 # --- formatting --------------------------------------------------------------------------
 
-def one_line(text: Any) -> str:
-    """``text`` with control characters as escapes (``\\n``, ``\\x1b``): one line, always."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
-
-
 def _sd_value(value: Any) -> str:
     text = one_line(value)
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
@@ -193,14 +187,14 @@ def _endpoint(ep: dict | None) -> str:
 
 def cef_escape_header(text: str) -> str:
     """Header field: '\\' and '|' escaped; a header cannot hold line breaks or controls."""
-    return _CONTROL.sub(" ", str(text).replace("\\", "\\\\").replace("|", "\\|"))
+    return CONTROL_CHARS.sub(" ", str(text).replace("\\", "\\\\").replace("|", "\\|"))
 
 
 def cef_escape_value(text: Any) -> str:
     """Extension value: '\\' and '=' escaped, line breaks as \\n / \\r, other controls as spaces."""
     text = (str(text).replace("\\", "\\\\").replace("=", "\\=")
             .replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\r"))
-    return _CONTROL.sub(" ", text)
+    return CONTROL_CHARS.sub(" ", text)
 
 
 def format_cef(record: dict[str, Any]) -> str:

@@ -47,9 +47,10 @@ from otsec.detect.checker import Checker
 from otsec.detect.findings import Aggregator, Finding, suppression_for
 from otsec.engine import Engine, EngineConfig
 from otsec.policy.loader import PolicyError, load_policy
+from otsec.report.wording import one_line
 from otsec.sensor.evidence import EvidenceRecorder
 from otsec.sensor.outputs import (
-    JsonLinesOutput, SyslogOutput, check_directory, check_file, check_syslog_options, one_line,
+    JsonLinesOutput, SyslogOutput, check_directory, check_file, check_syslog_options,
 )
 from otsec.sensor.sources import LiveSource, PcapDirSource
 from otsec.sensor.status import decode_errors

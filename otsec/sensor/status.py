@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from otsec.detect.rules import severity_rank
-from otsec.sensor.outputs import one_line
+from otsec.report.wording import one_line
 
 #: Window over which --tui computes "findings per minute".
 RATE_WINDOW = 60.0
