@@ -43,6 +43,19 @@ otsec_drop_oldest(PyObject *dict)
     return rc;
 }
 
+/* An int constant of a Python module (the twins read their limits where Python keeps
+ * them): 0, or -1 with an exception. */
+static inline int
+otsec_module_long(PyObject *module, const char *name, long *out)
+{
+    PyObject *v = PyObject_GetAttrString(module, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
 typedef PyObject *(*cdecode_fn)(PyObject *msg, int from_client, PyObject *state);
 typedef Py_ssize_t (*cframe_fn)(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 

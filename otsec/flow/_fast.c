@@ -2423,57 +2423,33 @@ call_cframe(cframe_fn fn, PyObject *const *args, Py_ssize_t nargs)
                                  PyBytes_GET_SIZE(args[0]), pos));
 }
 
-static PyObject *
-py_frame_modbus(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
-{
-    return call_cframe(otsec_modbus_frame, args, nargs);
-}
+/* frame_<name>(buf, pos) and decode_<name>(msg, from_client, state): each twin called from
+ * Python, for the tests that compare it with its Python original. */
+#define TWIN_WRAPPERS(name)                                                               \
+    static PyObject *py_frame_##name(PyObject *m, PyObject *const *args, Py_ssize_t nargs) \
+    {                                                                                     \
+        return call_cframe(otsec_##name##_frame, args, nargs);                            \
+    }                                                                                     \
+    static PyObject *py_decode_##name(PyObject *m, PyObject *const *args, Py_ssize_t nargs) \
+    {                                                                                     \
+        return call_cdecode(otsec_##name##_decode, args, nargs);                          \
+    }
+TWIN_WRAPPERS(modbus)
+TWIN_WRAPPERS(s7comm)
+TWIN_WRAPPERS(opcua)
 
-static PyObject *
-py_frame_s7comm(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
-{
-    return call_cframe(otsec_s7comm_frame, args, nargs);
-}
-
-static PyObject *
-py_frame_opcua(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
-{
-    return call_cframe(otsec_opcua_frame, args, nargs);
-}
-
-static PyObject *
-py_decode_modbus(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
-{
-    return call_cdecode(otsec_modbus_decode, args, nargs);
-}
-
-static PyObject *
-py_decode_s7comm(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
-{
-    return call_cdecode(otsec_s7comm_decode, args, nargs);
-}
-
-static PyObject *
-py_decode_opcua(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
-{
-    return call_cdecode(otsec_opcua_decode, args, nargs);
-}
+#define TWIN_METHODS(name)                                                                \
+    {"frame_" #name, (PyCFunction)(void (*)(void))py_frame_##name, METH_FASTCALL,          \
+     "the compiled twin of otsec.decoders." #name ".frame"},                               \
+    {"decode_" #name, (PyCFunction)(void (*)(void))py_decode_##name, METH_FASTCALL,        \
+     "the compiled twin of otsec.decoders." #name ".decode (NotImplemented: not covered)"}
 
 static PyMethodDef module_methods[] = {
     {"parse_packet", (PyCFunction)(void (*)(void))py_parse_packet, METH_FASTCALL,
      "parse_packet(linktype, frame): the same result as otsec.capture.parse_packet"},
-    {"frame_modbus", (PyCFunction)(void (*)(void))py_frame_modbus, METH_FASTCALL,
-     "the compiled twin of otsec.decoders.modbus.frame"},
-    {"frame_s7comm", (PyCFunction)(void (*)(void))py_frame_s7comm, METH_FASTCALL,
-     "the compiled twin of otsec.decoders.s7comm.frame"},
-    {"frame_opcua", (PyCFunction)(void (*)(void))py_frame_opcua, METH_FASTCALL,
-     "the compiled twin of otsec.decoders.opcua.frame"},
-    {"decode_modbus", (PyCFunction)(void (*)(void))py_decode_modbus, METH_FASTCALL,
-     "the compiled twin of otsec.decoders.modbus.decode (NotImplemented: not covered)"},
-    {"decode_s7comm", (PyCFunction)(void (*)(void))py_decode_s7comm, METH_FASTCALL,
-     "the compiled twin of otsec.decoders.s7comm.decode (NotImplemented: not covered)"},
-    {"decode_opcua", (PyCFunction)(void (*)(void))py_decode_opcua, METH_FASTCALL,
-     "the compiled twin of otsec.decoders.opcua.decode (NotImplemented: not covered)"},
+    TWIN_METHODS(modbus),
+    TWIN_METHODS(s7comm),
+    TWIN_METHODS(opcua),
     {NULL}
 };
 
@@ -2481,17 +2457,6 @@ static struct PyModuleDef fast_module = {
     PyModuleDef_HEAD_INIT, "otsec.flow._fast",
     "The compiled flow layer: the C twin of otsec.flow.table/reassembly/session.", -1, module_methods,
 };
-
-static int
-get_long(PyObject *mod, const char *name, long *out)
-{
-    PyObject *v = PyObject_GetAttrString(mod, name);
-    if (v == NULL)
-        return -1;
-    *out = PyLong_AsLong(v);
-    Py_DECREF(v);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
 
 static int
 get_double(PyObject *mod, const char *name, double *out)
@@ -2543,25 +2508,25 @@ load_python_side(void)
     long v;
     if (sess == NULL)
         goto done;
-    if (get_long(table, "DETECTION_ATTEMPTS", &DETECTION_ATTEMPTS) < 0 ||
-        get_long(table, "DETECTION_WINDOW", &DETECTION_WINDOW) < 0 ||
-        get_long(table, "MAX_MESSAGE_AWAITED", &MAX_MESSAGE_AWAITED) < 0 ||
-        get_long(table, "MAX_HELD_SEGMENTS", &MAX_HELD_SEGMENTS) < 0 ||
-        get_long(table, "DEFAULT_MAX_FLOWS", &DEFAULT_MAX_FLOWS) < 0 ||
+    if (otsec_module_long(table, "DETECTION_ATTEMPTS", &DETECTION_ATTEMPTS) < 0 ||
+        otsec_module_long(table, "DETECTION_WINDOW", &DETECTION_WINDOW) < 0 ||
+        otsec_module_long(table, "MAX_MESSAGE_AWAITED", &MAX_MESSAGE_AWAITED) < 0 ||
+        otsec_module_long(table, "MAX_HELD_SEGMENTS", &MAX_HELD_SEGMENTS) < 0 ||
+        otsec_module_long(table, "DEFAULT_MAX_FLOWS", &DEFAULT_MAX_FLOWS) < 0 ||
         get_double(table, "DEFAULT_TCP_IDLE", &DEFAULT_TCP_IDLE) < 0 ||
         get_double(table, "DEFAULT_UDP_IDLE", &DEFAULT_UDP_IDLE) < 0 ||
         get_double(table, "CLOSED_LINGER", &CLOSED_LINGER) < 0 ||
         get_double(table, "SWEEP_INTERVAL", &SWEEP_INTERVAL) < 0 ||
-        get_long(reasm, "MAX_QUEUED_SEGMENTS", &MAX_QUEUED_SEGMENTS) < 0 ||
-        get_long(reasm, "MAX_QUEUED_BYTES", &MAX_QUEUED_BYTES) < 0)
+        otsec_module_long(reasm, "MAX_QUEUED_SEGMENTS", &MAX_QUEUED_SEGMENTS) < 0 ||
+        otsec_module_long(reasm, "MAX_QUEUED_BYTES", &MAX_QUEUED_BYTES) < 0)
         goto done;
-    if (get_long(sess, "MAX_BUFFERED_BYTES", &v) < 0)
+    if (otsec_module_long(sess, "MAX_BUFFERED_BYTES", &v) < 0)
         goto done;
     MAX_BUFFERED_BYTES = v;
-    if (get_long(sess, "SYNC_TAIL", &v) < 0)
+    if (otsec_module_long(sess, "SYNC_TAIL", &v) < 0)
         goto done;
     SYNC_TAIL = v;
-    if (get_long(sess, "MAX_PENDING_REQUESTS", &v) < 0)
+    if (otsec_module_long(sess, "MAX_PENDING_REQUESTS", &v) < 0)
         goto done;
     MAX_PENDING_REQUESTS = v;
     for (size_t k = 0; k < N_TWINS; k++) {
