@@ -2,7 +2,7 @@
 
 Everything else is declared in pyproject.toml. Without a C compiler the build still
 succeeds and otsec runs on its pure-Python flow layer (the reference implementation),
-several times slower: `otsec version` says which one is in use.
+several times slower: `otsec --version` says which one is in use.
 """
 
 import sys

@@ -135,9 +135,9 @@ class Engine:
             take = self._walker(reader, progress) if hasattr(self.table, "walk_pcap") else None
             for pkt_no, ts, linktype, frame in reader.packets_left(take):
                 feed(pkt_no, ts, linktype, frame)
-                if progress is not None and not pkt_no & 0x3FFF:
+                if progress is not None and not pkt_no & 0x3FFF and reader.offset < reader.size:
                     progress(reader.offset, reader.size)
-            if progress is not None:
+            if progress is not None:   # the end, once
                 progress(reader.offset, reader.size)
             first_ts = None if self._source_starts else self._source_first_ts
             source.update(packets=reader.packets, first_ts=first_ts,
@@ -165,7 +165,7 @@ class Engine:
             restart_below = None
             if self._source_starts and self.last_ts is not None:
                 restart_below = self.last_ts - SOURCE_CLOCK_SLACK
-            pos, new_number, nbytes, first, last, restarted = walk(buf, pos, number, restart_below, *layout)
+            new_pos, new_number, nbytes, first, last, restarted = walk(buf, pos, number, restart_below, *layout)
             if new_number > number:
                 if self._source_starts:
                     self._source_starts = False
@@ -176,9 +176,10 @@ class Engine:
                 if self.first_ts is None:
                     self.first_ts = first
                 self.last_ts = last
-                if progress is not None:
-                    progress(reader.offset, reader.size)
-            return pos, new_number, last
+                offset = reader.offset + new_pos - pos   # the reader moves its offset after
+                if progress is not None and offset < reader.size:
+                    progress(offset, reader.size)
+            return new_pos, new_number, last
 
         return take
 
@@ -186,6 +187,11 @@ class Engine:
         """Retire connections idle at ``now`` (a live source calls this on a quiet link,
         where no packet arrives to advance time)."""
         self.table.tick(self.table.clock[1], now)
+
+    @property
+    def open_count(self) -> int:
+        """Connections tracked now (cheaper than len(open_flows()))."""
+        return self.table.open_count
 
     def open_flows(self) -> list[Flow]:
         """The connections being tracked now, as their (still growing) flow records."""

@@ -178,3 +178,23 @@ def test_a_record_of_exactly_the_caplen_limit_is_walked(tmp_path):
     records = [(BASE_SEC, 0, FRAMES[1][1]), (BASE_SEC, 1, big), (BASE_SEC, 2, FRAMES[2][1])]
     result = same([write(tmp_path, pcap_file(records), "big.pcap")])
     assert result["stats"]["packets"] == 3 and result["stats"]["sources"][0]["error"] is None
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
+def test_progress_reports_where_the_walk_is_and_the_end_once(tmp_path, monkeypatch, compiled):
+    """The progress bar's offsets rise with the work done (the compiled walk reports a
+    buffer once processed, not the one before), and the end is reported once, even when
+    the last packet's number falls on a reporting boundary (2 x 16,384 packets here)."""
+    if compiled:
+        require_compiled()
+    monkeypatch.setattr(files, "CHUNK_SIZE", 64 * 1024)
+    frames = [(i * 10, FRAMES[i % len(FRAMES)][1]) for i in range(2 * 16384)]
+    path = write(tmp_path, classic(frames=frames), "p.pcap")
+    size = path.stat().st_size
+    calls = []
+    engine = Engine(EngineConfig(compiled=compiled))
+    engine.read_file(path, lambda offset, total: calls.append((offset, total)))
+    offsets = [offset for offset, total in calls]
+    assert all(total == size for _, total in calls) and offsets == sorted(offsets)
+    assert offsets.count(size) == 1 and offsets[-1] == size
+    assert len(offsets) >= 2 and offsets[0] > 64 * 1024 // 2   # the first report comes after work

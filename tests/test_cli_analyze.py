@@ -194,10 +194,14 @@ def test_wire_text_with_control_characters_cannot_drive_the_terminal():
 
     summary, stats = reduce([SHOWCASE], Summary)
     host = next(h for h in summary.hosts.values() if h.identity)
-    field = next(iter(host.identity))
-    host.identity[field] = "evil\x1b[2J\x1b]0;owned\x07\nsecond line"
+    host.identity["vendor"] = "evil\x1b[2J\x1b]0;owned\x07\nsecond line\x9b2J\u202etxt.exe"
+    host.identity["firmware"] = "V1.0"
     buf = io.StringIO()
     render_summary(summary.report(stats, [str(SHOWCASE)]), Console(file=buf, width=400))
     shown = buf.getvalue()
-    assert "\x1b" not in shown and "\x07" not in shown
-    assert "evil\\x1b[2J\\x1b]0;owned\\x07\\nsecond line" in shown
+    assert not any(c in shown for c in "\x1b\x07\x9b\u202e")
+    assert "vendor: evil\\x1b[2J\\x1b]0;owned\\x07\\nsecond line\\x9b2J\\u202etxt.exe" in shown
+    # the cell's own line breaks stay line breaks: one identity field per line
+    lines = shown.splitlines()
+    at = next(i for i, line in enumerate(lines) if "firmware: V1.0" in line)
+    assert "product_code: " in lines[at + 1] and "product_code" not in lines[at]

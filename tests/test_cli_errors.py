@@ -185,7 +185,7 @@ def _big_capture(path: Path, copies: int) -> None:
 
 def test_ctrl_c_in_a_large_analyze_exits_130_with_one_line(tmp_path):
     big = tmp_path / "big.pcap"
-    _big_capture(big, 1000)            # 328,000 packets: several seconds of work
+    _big_capture(big, 3000)            # 984,000 packets: a few seconds of work with --json
     events = tmp_path / "events.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "otsec.cli.main", "analyze", str(big), "--json", str(events)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -222,8 +222,9 @@ def _children(pid: int) -> list[int]:
 
 
 def _start_jobs_run(tmp_path, *extra) -> tuple[subprocess.Popen, list[int], Path]:
-    """A --jobs 2 analyze of a large capture, returned once both workers run; its temporary
-    files go to a directory of the test's own."""
+    """A --jobs 2 analyze of a large capture, returned with both workers started and then
+    stopped (SIGSTOP), so that however fast they are they cannot finish before the test
+    acts; the test continues them (_resume). Temporary files go to the test's own directory."""
     big = tmp_path / "big.pcap"
     _big_capture(big, 1000)
     tmp = tmp_path / "tmp"
@@ -233,10 +234,17 @@ def _start_jobs_run(tmp_path, *extra) -> tuple[subprocess.Popen, list[int], Path
                             env={**os.environ, "TMPDIR": str(tmp)})
     deadline = time.monotonic() + 60
     while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
+        time.sleep(0.01)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
     assert proc.poll() is None and len(workers) == 2, "the workers did not start in time"
     return proc, workers, tmp
+
+
+def _resume(workers: list[int]) -> None:
+    for pid in workers:
+        if not _gone(pid):
+            os.kill(pid, signal.SIGCONT)
 
 
 def _gone(pid: int) -> bool:
@@ -253,6 +261,7 @@ def test_sigterm_stops_the_jobs_workers_and_removes_their_files(tmp_path):
     worker processes ended and their spill files removed."""
     proc, workers, tmp = _start_jobs_run(tmp_path, "--json", tmp_path / "events.jsonl")
     proc.send_signal(signal.SIGTERM)
+    _resume(workers)
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, err) == (143, "otsec: terminated; the output is incomplete\n")
     assert all(_gone(pid) for pid in workers)
@@ -265,6 +274,7 @@ def test_a_killed_jobs_worker_is_reported_at_once_in_one_line(tmp_path):
     other worker to finish) with exit 3 and one line that says what happened."""
     proc, workers, tmp = _start_jobs_run(tmp_path)
     os.kill(workers[-1], signal.SIGKILL)
+    _resume(workers[:-1])
     out, err = proc.communicate(timeout=10)
     assert (proc.returncode, err) == (
         3, "otsec: error: a --jobs worker process was killed by signal 9 (SIGKILL; out of memory?)\n")

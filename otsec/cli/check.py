@@ -18,7 +18,6 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-
 from otsec.capture import has_capture_magic
 from otsec.detect.baseline import Baseline, Learner, diff as baseline_diff
 from otsec.detect.checker import Checker

@@ -38,8 +38,10 @@ def _table(title: str, *columns: str) -> Table:
 
 def add_plain_row(table: Table, *cells) -> None:
     """Add a row whose cells are shown as plain text: wire data is never rich markup, and
-    its control characters are shown as escapes (a device name cannot drive the terminal)."""
-    table.add_row(*(Text("" if c is None else one_line(c)) for c in cells))
+    its control characters are shown as escapes (a device name cannot drive the terminal).
+    A cell given as a list is shown as one line per item."""
+    table.add_row(*(Text("\n".join(map(one_line, c)) if isinstance(c, list) else
+                         "" if c is None else one_line(c)) for c in cells))
 
 
 def _code_text(protocol: str, code: int | None) -> str:
@@ -58,7 +60,7 @@ def render_summary(summary: dict, console: Console) -> None:
     s = summary
     duration = (s["last_ts"] - s["first_ts"]) if s["first_ts"] is not None and s["last_ts"] is not None else 0.0
     head = _table("Capture", "files", "packets", "bytes", "from", "to", "duration", "decoded messages", "flows")
-    add_plain_row(head, "\n".join(s["captures"]), s["packets"], s["bytes"], _time(s["first_ts"]),
+    add_plain_row(head, list(s["captures"]), s["packets"], s["bytes"], _time(s["first_ts"]),
          _time(s["last_ts"]), f"{duration:.1f} s", s["events"], s["flows"])
     console.print(head)
 
@@ -66,10 +68,10 @@ def render_summary(summary: dict, console: Console) -> None:
     for column in hosts.columns[:2] + hosts.columns[3:4]:   # addresses and roles never split
         column.no_wrap = True
     for h in s["hosts"]:
-        identity = "\n".join(f"{k}: {v}" for k, v in sorted(h["identity"].items()) if k in IDENTITY_SHOWN)
-        mac = "\n".join(h["macs"]) or "\n".join(f"via gateway\n{m}" for m in h["via_gateway"])
-        protocols = "\n".join([f"serves {', '.join(h['serves'])}"] * bool(h["serves"]) +
-                              [f"uses {', '.join(h['uses'])}"] * bool(h["uses"]))
+        identity = [f"{k}: {v}" for k, v in sorted(h["identity"].items()) if k in IDENTITY_SHOWN]
+        mac = list(h["macs"]) or [line for m in h["via_gateway"] for line in ("via gateway", m)]
+        protocols = ([f"serves {', '.join(h['serves'])}"] * bool(h["serves"]) +
+                     [f"uses {', '.join(h['uses'])}"] * bool(h["uses"]))
         add_plain_row(hosts, h["ip"], mac, h["vendor"] or "", h["role"], protocols, identity)
     console.print(hosts)
 

@@ -3,9 +3,11 @@
 import re
 from typing import Any
 
-#: C0 controls and DEL: written as escapes so a value from the wire cannot start a new line
-#: or drive a terminal.
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+#: Characters written as escapes so that a value from the wire cannot start a new line or
+#: drive a terminal: C0 and C1 controls and DEL (latin-1 text from a device can hold C1's
+#: CSI, 0x9b), the Unicode line and paragraph separators, and the bidirectional overrides
+#: and isolates that reorder what is displayed.
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def one_line(text: Any) -> str:

@@ -472,7 +472,7 @@ class Sensor:
             "bytes": st["bytes"], "kernel_received": counters.get("kernel_received"),
             "kernel_dropped": counters.get("kernel_dropped"),
             "interface_dropped": counters.get("interface_dropped"),
-            "flows_active": len(self.engine.open_flows()), "flows_total": st["flows"],
+            "flows_active": self.engine.open_count, "flows_total": st["flows"],
             "events": self.events,
             "decode_errors": decode_errors(st),
             "findings": len(self.agg.findings), "findings_per_min": round(per_min, 2),

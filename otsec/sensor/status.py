@@ -106,7 +106,7 @@ class TuiView:
                     "findings", "new findings/min"):
             t.add_column(col, justify="right")
         t.add_row(str(st["packets"]), str(counters.get("kernel_dropped", "-")),
-                  str(len(sensor.engine.open_flows())), str(st["flows"]), str(decode_errors(st)),
+                  str(sensor.engine.open_count), str(st["flows"]), str(decode_errors(st)),
                   str(findings), f"{rate:.1f}")
         self.live.update(Group(header, t, findings_table(sensor.agg.findings.values())), refresh=True)
 
