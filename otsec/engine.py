@@ -5,6 +5,10 @@ and the continuous sensor on a live interface — so there is one implementation
 data path. It is fed one packet at a time and calls back for each event and each
 finished flow; it never holds the events of a capture.
 
+The flow table is the compiled one (otsec/flow/_fast.c) when it was built, else its
+Python reference (otsec/flow/table.py); both give the same events, flows and statistics.
+With the compiled table, capture files are walked a read buffer at a time (``_walker``).
+
 ``analyze(..., jobs=N)`` runs N engines in parallel, each owning the connections whose
 endpoints hash to it (every shard reads every packet but decodes only its own flows),
 and merges their output back into exactly the order one engine would have produced.
@@ -30,12 +34,12 @@ from otsec.decoders.base import Decoder
 from otsec.decoders.registry import BUILTIN
 from otsec.flow.session import Health
 from otsec.flow.table import DEFAULT_MAX_FLOWS, DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE, FlowTable
+from otsec.model import Event, Flow
 
 try:
     from otsec.flow._fast import FlowTable as CompiledFlowTable
 except ImportError:  # built without a C compiler: the pure-Python flow layer serves
     CompiledFlowTable = None
-from otsec.model import Event, Flow
 
 
 @dataclass
