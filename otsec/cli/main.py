@@ -111,7 +111,7 @@ def analyze(
             raise fail(f"{json_out}: cannot write: {exc.strerror or exc}") from None
     document = summary.report(stats, [str(p) for p in captures])
     if output_format == "json":
-        print(json.dumps(document, indent=2, default=str))
+        _write_json(document, sys.stdout)
     else:
         to_stderr = json_out is not None and str(json_out) == "-"  # stdout carries the JSON lines
         out_console = Console(highlight=False, stderr=to_stderr)
@@ -120,6 +120,23 @@ def analyze(
         render_summary(document, out_console)
     if report_damage(stats):
         raise typer.Exit(1)
+
+
+#: Pieces of encoded JSON joined per write: few writes, and never the whole document's
+#: pieces in one list (json.dumps with an indent lists them all: ~40 MiB on 2M packets).
+JSON_PIECES_PER_WRITE = 8192
+
+
+def _write_json(document: dict, out) -> None:
+    """``print(json.dumps(document, indent=2, default=str))``, written as it is encoded."""
+    pieces: list[str] = []
+    for piece in json.JSONEncoder(indent=2, default=str).iterencode(document):
+        pieces.append(piece)
+        if len(pieces) >= JSON_PIECES_PER_WRITE:
+            out.write("".join(pieces))
+            pieces.clear()
+    pieces.append("\n")
+    out.write("".join(pieces))
 
 
 def version_callback(value: bool) -> None:
