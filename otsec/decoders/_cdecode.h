@@ -56,6 +56,22 @@ otsec_module_long(PyObject *module, const char *name, long *out)
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
+/* The list [event] a decode returns, taking over the reference to event; NULL and
+ * NotImplemented pass through unchanged. */
+static inline PyObject *
+otsec_one_event(PyObject *event)
+{
+    if (event == NULL || event == Py_NotImplemented)
+        return event;
+    PyObject *list = PyList_New(1);
+    if (list == NULL) {
+        Py_DECREF(event);
+        return NULL;
+    }
+    PyList_SET_ITEM(list, 0, event);
+    return list;
+}
+
 typedef PyObject *(*cdecode_fn)(PyObject *msg, int from_client, PyObject *state);
 typedef Py_ssize_t (*cframe_fn)(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 

@@ -1036,15 +1036,7 @@ make_event(Ev *ev, PyObject *kind, PyObject *function, PyObject *fc, PyObject *p
     };
     PyObject *event = PyObject_Vectorcall(EventCls, args, EVENT_NARGS, NULL);
     Py_DECREF(anomalies);
-    if (event == NULL)
-        return NULL;
-    PyObject *list = PyList_New(1);
-    if (list == NULL) {
-        Py_DECREF(event);
-        return NULL;
-    }
-    PyList_SET_ITEM(list, 0, event);
-    return list;
+    return otsec_one_event(event);
 }
 
 /* The ADU too short for a function code. */

@@ -2197,20 +2197,6 @@ done:
 }
 
 /* a one-event list from an event, passing NotImplemented and NULL through */
-static PyObject *
-as_list(PyObject *event)
-{
-    if (event == NULL || event == Py_NotImplemented)
-        return event;
-    PyObject *list = PyList_New(1);
-    if (list == NULL) {
-        Py_DECREF(event);
-        return NULL;
-    }
-    PyList_SET_ITEM(list, 0, event);
-    return list;
-}
-
 /* Everything in a message's processing that may fail before the state is changed ends
  * in NOT_COVERED (NotImplemented) or FAIL (NULL). */
 #define NOT_COVERED do { result = Py_NewRef(Py_NotImplemented); goto done; } while (0)
@@ -2325,7 +2311,7 @@ done:
     Py_XDECREF(counters);
     channel_info_clear(&ci);
     ev_clear(&ev);
-    return as_list(result);
+    return otsec_one_event(result);
 }
 
 static PyObject *
@@ -2448,7 +2434,7 @@ done:
     Py_XDECREF(counters);
     channel_info_clear(&ci);
     ev_clear(&ev);
-    return as_list(result);
+    return otsec_one_event(result);
 }
 
 /* _hello / _acknowledge */
@@ -2488,7 +2474,7 @@ done:
     Py_XDECREF(url);
     Py_XDECREF(anomalies);
     ev_clear(&ev);
-    return as_list(result);
+    return otsec_one_event(result);
 }
 
 /* _error: ERR answers the HEL when no ACK came, else the newest request still waiting */
@@ -2548,7 +2534,7 @@ done:
     Py_XDECREF(op_class);
     Py_XDECREF(anomalies);
     ev_clear(&ev);
-    return as_list(result);
+    return otsec_one_event(result);
 }
 
 PyObject *

@@ -309,16 +309,7 @@ ev_build(Ev *ev)
 static PyObject *
 ev_list(Ev *ev)
 {
-    PyObject *e = ev_build(ev);
-    if (e == NULL)
-        return NULL;
-    PyObject *l = PyList_New(1);
-    if (l == NULL) {
-        Py_DECREF(e);
-        return NULL;
-    }
-    PyList_SET_ITEM(l, 0, e);
-    return l;
+    return otsec_one_event(ev_build(ev));
 }
 
 /* ------------------------------------------------------------------ state changes to apply */

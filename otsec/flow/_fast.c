@@ -228,8 +228,7 @@ typedef struct {
     Py_ssize_t queued_bytes;
     long long gaps, gap_bytes, overlap_conflicts, retransmitted_bytes;
     int gapped;
-    int has_bounds;     /* bounds is not None */
-    Bounds bounds;
+    Bounds bounds;      /* n 0: Python's None (data released from the queue lists >= 1) */
 } Stream;
 
 static void
@@ -402,7 +401,6 @@ stream_skip_gap(Stream *s)
     s->gaps++;
     s->gap_bytes += best_d > 0 ? best_d : 0;
     s->next_seq = s->queue[best].seq;
-    s->has_bounds = 1;
     s->bounds.n = 0;
     PyObject *parts = PyList_New(0);
     if (parts == NULL)
@@ -418,7 +416,6 @@ static PyObject *
 stream_push(Stream *s, uint32_t seq, PyObject *data, long long packet, double ts)
 {
     s->gapped = 0;
-    s->has_bounds = 0;
     s->bounds.n = 0;
     if (!s->has_next) {
         s->has_next = 1;
@@ -453,7 +450,6 @@ stream_push(Stream *s, uint32_t seq, PyObject *data, long long packet, double ts
         s->next_seq = seq + (uint32_t)len;
         if (!s->qlen)
             return own;
-        s->has_bounds = 1;
         if (bounds_push(&s->bounds, len, packet, ts) < 0) {
             Py_DECREF(own);
             return NULL;
@@ -1669,7 +1665,7 @@ packet_in(FlowTableObject *self, long long pkt_no, double ts, Input *in)
             return -1;
         int r = 0;
         if (PyBytes_GET_SIZE(data))
-            r = deliver(self, c, from_client, data, s->gapped, pkt_no, ts, s->has_bounds ? &s->bounds : NULL);
+            r = deliver(self, c, from_client, data, s->gapped, pkt_no, ts, s->bounds.n ? &s->bounds : NULL);
         Py_DECREF(data);
         if (r < 0)
             return -1;
