@@ -35,7 +35,7 @@ class OptionalBuildExt(build_ext):
 setup(
     ext_modules=[Extension(
         "otsec.flow._fast",
-        sources=["otsec/flow/_fast.c", "otsec/decoders/_modbus.c", "otsec/decoders/_s7comm.c",
+        sources=["otsec/flow/_fast.c", "otsec/_model.c", "otsec/decoders/_modbus.c", "otsec/decoders/_s7comm.c",
                  "otsec/decoders/_opcua.c"],
         depends=["otsec/flow/_parse.h", "otsec/decoders/_cdecode.h"],
         include_dirs=["otsec/decoders"],

@@ -16,7 +16,7 @@ from netaddr import EUI, NotRegisteredError
 from netaddr.core import AddrFormatError
 
 from otsec.analysis.sides import sent_by_client
-from otsec.model import Event, Flow
+from otsec.model import Event, Flow, FoldKey
 
 #: Protocols whose server side is a controller (PLC/RTU) rather than a general server.
 CONTROLLER_PROTOCOLS = frozenset({"modbus", "s7comm", "s7comm-plus"})
@@ -104,6 +104,12 @@ class Host:
 class Summary:
     """Streaming aggregation of events and flows into the analyze report."""
 
+    #: Everything add_events reads of an event (see FoldKey; a test holds it to that).
+    FOLD_KEY = FoldKey(
+        fields=("protocol", "kind", "function", "function_code", "op_class", "result",
+                "src_ip", "src_port", "src_mac", "dst_ip", "dst_port"),
+        detail=("security_mode",), only_without=("identity", "anomalies"))
+
     def __init__(self) -> None:
         self.hosts: dict[str, Host] = {}
         self.pairs: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
@@ -121,11 +127,14 @@ class Summary:
         return host
 
     def add_event(self, ev: Event) -> None:
-        """Count an event for its sender (MAC, identity) and for its connection's client and
-        server (who asks whom for what): the "Download block" jobs an S7 PLC sends during a
-        download are the engineering station's operation, as in ``otsec check``.
-        (Runs once per event: host lookups are written out instead of calling host().)"""
-        self.events += 1
+        self.add_events(ev, 1)
+
+    def add_events(self, ev: Event, n: int) -> None:
+        """Count ``n`` events like ``ev`` for its sender (MAC, identity) and for its
+        connection's client and server (who asks whom for what): the "Download block" jobs
+        an S7 PLC sends during a download are the engineering station's operation, as in
+        ``otsec check``. (Host lookups are written out instead of calling host().)"""
+        self.events += n
         hosts = self.hosts
         src_ip, dst_ip = ev.src_ip, ev.dst_ip
         src = hosts.get(src_ip) or self.host(src_ip)
@@ -141,27 +150,27 @@ class Summary:
             client, server = dst_ip, src_ip
         kind = ev.kind
         if kind == "request":
-            fn["requests"] += 1
+            fn["requests"] += n
             asker = hosts.get(client) or self.host(client)
-            asker.used[protocol] += 1
-            asker.sent_classes[ev.op_class] += 1
+            asker.used[protocol] += n
+            asker.sent_classes[ev.op_class] += n
             asker.peers_as_client.add(server)
             (hosts.get(server) or self.host(server)).clients.add(client)
-            self.pairs[(client, server, protocol)][ev.op_class] += 1
+            self.pairs[(client, server, protocol)][ev.op_class] += n
         elif kind == "response":
-            fn["responses"] += 1
-            (hosts.get(server) or self.host(server)).served[protocol] += 1
+            fn["responses"] += n
+            (hosts.get(server) or self.host(server)).served[protocol] += n
             if ev.result in ("exception", "error"):
-                fn["exceptions"] += 1
-                (hosts.get(client) or self.host(client)).rejected += 1
+                fn["exceptions"] += n
+                (hosts.get(client) or self.host(client)).rejected += n
         else:
-            fn["notifications"] += 1
+            fn["notifications"] += n
         for flag in ev.anomalies:
-            self.anomalies[flag] += 1
+            self.anomalies[flag] += n
         if ev.protocol == "opcua":
             mode = ev.detail.get("security_mode")
             if mode:
-                self.security[f"opcua {mode}"] += 1
+                self.security[f"opcua {mode}"] += n
 
     def add_flow(self, flow: Flow) -> None:
         self.flows += 1

@@ -72,6 +72,30 @@ otsec_one_event(PyObject *event)
     return list;
 }
 
+/* model.Event and model.Target made without their Python __init__ (otsec/_model.c): cls(*args),
+ * the fields not given set to their defaults (blank: also None for the required ones). An
+ * exact Event's field is the slot at otsec_event_offset[EV_...] (a borrowed reference;
+ * NULL only after a del). otsec_event_field_index: EV_... of a field name, or -1. */
+enum {
+    EV_PROTOCOL, EV_KIND, EV_FUNCTION, EV_OP_CLASS, EV_FUNCTION_CODE, EV_TARGETS, EV_RESULT,
+    EV_STATUS, EV_ANOMALIES, EV_DETAIL, EV_IDENTITY, EV_PAIR_KEY, EV_TS, EV_PACKET, EV_FLOW_ID,
+    EV_SRC_IP, EV_SRC_PORT, EV_SRC_MAC, EV_DST_IP, EV_DST_PORT, EV_DST_MAC, EV_REQUEST_PACKET,
+    EV_CAPTURE, EV_FIELDS
+};
+extern PyTypeObject *otsec_Event, *otsec_Target;
+extern Py_ssize_t otsec_event_offset[EV_FIELDS];
+int otsec_model_init(void);
+PyObject *otsec_event_new(PyObject *const *args, int nargs);
+PyObject *otsec_event_blank(void);
+PyObject *otsec_target_new(PyObject *const *args, int nargs);
+int otsec_event_field_index(PyObject *name);
+
+static inline PyObject **
+otsec_event_field(PyObject *event, int field)
+{
+    return (PyObject **)((char *)event + otsec_event_offset[field]);
+}
+
 typedef PyObject *(*cdecode_fn)(PyObject *msg, int from_client, PyObject *state);
 typedef Py_ssize_t (*cframe_fn)(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 

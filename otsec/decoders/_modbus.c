@@ -55,7 +55,6 @@ static const struct { const char *name; long *slot; } int_attrs[] = {
     {"LENGTH_FRAMED_MIN", &K.length_framed_min}, {"LENGTH_TOLERATED_MAX", &K.length_tolerated_max},
 };
 
-static PyObject *EventCls, *TargetCls;
 static PyObject *diag_names, *diag_control;     /* DIAGNOSTIC_NAMES, DIAGNOSTIC_CONTROL */
 /* Per header function code (exception bit cleared), from modbus._FC_INFO. */
 static PyObject *fc_name[128], *fc_op[128], *fc_cat[128];
@@ -102,13 +101,8 @@ static const char *const str_text[S_COUNT] = {
 };
 static PyObject *S[S_COUNT];
 
-/* The Event and Target fields this twin passes positionally, checked against the classes. */
-static const char *const event_fields[] = {
-    "protocol", "kind", "function", "op_class", "function_code", "targets", "result",
-    "status", "anomalies", "detail", "identity", "pair_key",
-};
+/* The Event fields this twin passes positionally (model.Event's protocol half, in order). */
 #define EVENT_NARGS 12
-static const char *const target_fields[] = {"kind", "start", "count", "area", "db", "name"};
 
 /* The function codes with a request / response parser of their own (the others are
  * opaque); init checks them against REQUEST_PARSERS and RESPONSE_PARSERS. */
@@ -257,7 +251,7 @@ add_target(Ev *ev, int kind, long start, long count, PyObject *name)
     args[1] = start < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(start);
     args[2] = count < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(count);
     if (args[1] && args[2])
-        t = PyObject_Vectorcall(TargetCls, args, 6, NULL);
+        t = otsec_target_new(args, 6);
     Py_XDECREF(args[1]);
     Py_XDECREF(args[2]);
     if (t == NULL)
@@ -1034,7 +1028,7 @@ make_event(Ev *ev, PyObject *kind, PyObject *function, PyObject *fc, PyObject *p
         ev->result ? ev->result : Py_None, ev->status ? ev->status : Py_None, anomalies,
         ev->detail, ev->identity ? ev->identity : Py_None, pair_key,
     };
-    PyObject *event = PyObject_Vectorcall(EventCls, args, EVENT_NARGS, NULL);
+    PyObject *event = otsec_event_new(args, EVENT_NARGS);
     Py_DECREF(anomalies);
     return otsec_one_event(event);
 }
@@ -1200,25 +1194,6 @@ get_int_key(PyObject *d, long key)
     Py_DECREF(k);
     Py_XINCREF(v);
     return v;
-}
-
-/* The dataclass's fields start with the names given, in order. */
-static int
-fields_start_with(PyObject *cls, const char *const *names, int count)
-{
-    PyObject *fields = PyObject_GetAttrString(cls, "__dataclass_fields__");
-    if (fields == NULL)
-        return -1;
-    int ok = PyDict_Check(fields) && PyDict_GET_SIZE(fields) >= count;
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    for (int i = 0; ok && i < count && PyDict_Next(fields, &pos, &key, &value); i++)
-        ok = PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, names[i]) == 0;
-    Py_DECREF(fields);
-    if (!ok)
-        PyErr_Format(PyExc_ImportError, "otsec.model: %R fields are not in the order the "
-                     "modbus twin passes them", cls);
-    return ok ? 0 : -1;
 }
 
 /* The dict's keys are exactly the codes given. */
@@ -1392,16 +1367,6 @@ otsec_modbus_init(void)
     for (int i = 0; i < S_COUNT; i++)
         if ((S[i] = PyUnicode_InternFromString(str_text[i])) == NULL)
             return -1;
-    PyObject *model = PyImport_ImportModule("otsec.model");
-    if (model == NULL)
-        return -1;
-    EventCls = PyObject_GetAttrString(model, "Event");
-    TargetCls = PyObject_GetAttrString(model, "Target");
-    Py_DECREF(model);
-    if (EventCls == NULL || TargetCls == NULL
-        || fields_start_with(EventCls, event_fields, EVENT_NARGS) < 0
-        || fields_start_with(TargetCls, target_fields, 6) < 0)
-        return -1;
     PyObject *mod = PyImport_ImportModule("otsec.decoders.modbus");
     if (mod == NULL)
         return -1;

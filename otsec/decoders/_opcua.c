@@ -20,7 +20,7 @@
 
 /* ---- what init reads from the Python side ------------------------------------------ */
 
-static PyObject *Event_cls, *Target_cls, *Channel_cls, *thumbprint_fn;
+static PyObject *Channel_cls, *thumbprint_fn;
 static PyObject *PROTOCOL, *HELLO_KEY, *NONE_POLICY, *CLEARTEXT_UNKNOWN, *POLICY_PREFIX;
 static PyObject *A_UNKNOWN_CHANNEL, *A_UNKNOWN_SERVICE, *A_UNSUPPORTED_VERSION;
 static PyObject *TWO_BYTE_IDS;               /* tuple of 256 "i=<n>" */
@@ -801,7 +801,7 @@ static int
 add_target(Ev *ev, PyObject *name)
 {
     PyObject *args[6] = {S_node, Py_None, Py_None, Py_None, Py_None, name};
-    PyObject *t = PyObject_Vectorcall(Target_cls, args, 6, NULL);
+    PyObject *t = otsec_target_new(args, 6);
     if (t == NULL)
         return -1;
     int rc = PyList_Append(ev->targets, t);
@@ -817,7 +817,7 @@ new_event(PyObject *kind, PyObject *function, PyObject *op_class, PyObject *code
                           ev->result ? ev->result : Py_None, ev->status ? ev->status : Py_None,
                           anomalies, ev->detail, ev->identity ? ev->identity : Py_None,
                           pair_key};
-    return PyObject_Vectorcall(Event_cls, args, 12, NULL);
+    return otsec_event_new(args, 12);
 }
 
 /* ---- service headers --------------------------------------------------------------------- */
@@ -2761,13 +2761,11 @@ otsec_opcua_init(void)
         return -1;
     PyObject *mod = PyImport_ImportModule("otsec.decoders.opcua");
     PyObject *enc = PyImport_ImportModule("otsec.decoders.opcua_encoding");
-    PyObject *model = PyImport_ImportModule("otsec.model");
     PyObject *sizes = NULL, *codes = NULL, *info = NULL, *bodies = NULL, *builtins = NULL;
     int rc = -1;
-    if (mod == NULL || enc == NULL || model == NULL)
+    if (mod == NULL || enc == NULL)
         goto done;
-    if ((Event_cls = get(model, "Event")) == NULL || (Target_cls = get(model, "Target")) == NULL ||
-        (Channel_cls = get(mod, "_Channel")) == NULL ||
+    if ((Channel_cls = get(mod, "_Channel")) == NULL ||
         (thumbprint_fn = get(mod, "_thumbprint")) == NULL ||
         (PROTOCOL = get(mod, "PROTOCOL")) == NULL || (HELLO_KEY = get(mod, "HELLO_KEY")) == NULL ||
         (NONE_POLICY = get(mod, "_NONE_POLICY")) == NULL ||
@@ -2837,7 +2835,6 @@ otsec_opcua_init(void)
 done:
     Py_XDECREF(mod);
     Py_XDECREF(enc);
-    Py_XDECREF(model);
     Py_XDECREF(sizes);
     Py_XDECREF(codes);
     Py_XDECREF(info);

@@ -45,7 +45,7 @@ static inline unsigned long be32(const u8 *b)
 
 /* ------------------------------------------------------------------ tables read at init */
 
-static PyObject *EventCls, *TargetCls, *TsduCls, *PendingPduCls;
+static PyObject *TsduCls, *PendingPduCls;
 /* otsec.decoders.s7comm */
 static PyObject *JOB_FUNCTIONS, *ERROR_CLASS_NAMES, *ERROR_CODE_NAMES, *RETURN_CODES, *ROSCTR_NAMES;
 static PyObject *SYNTAX_NAMES, *AREA_INFO, *SIZE_INFO, *RC_NAMES, *UD_TYPE_NAMES, *UD_GROUP_NAMES;
@@ -226,7 +226,7 @@ target(PyObject *kind, PyObject *start, PyObject *count, PyObject *area, PyObjec
 {
     PyObject *args[6] = {kind, start ? start : Py_None, count ? count : Py_None,
                          area ? area : Py_None, db ? db : Py_None, name ? name : Py_None};
-    return PyObject_Vectorcall(TargetCls, args, 6, NULL);
+    return otsec_target_new(args, 6);
 }
 
 /* ------------------------------------------------------------------ the event being built */
@@ -300,7 +300,7 @@ ev_build(Ev *ev)
 #define ARG(f) args[i++] = ev->f ? ev->f : Py_None;
     EV_FIELDS(ARG)
 #undef ARG
-    PyObject *out = PyObject_Vectorcall(EventCls, args, 12, NULL);
+    PyObject *out = otsec_event_new(args, 12);
     ev_clear(ev);
     return out;
 }
@@ -2018,12 +2018,10 @@ otsec_s7comm_init(void)
 #define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1;
     STRINGS(INTERN)
 #undef INTERN
-    PyObject *model = PyImport_ImportModule("otsec.model");
-    PyObject *s7 = model ? PyImport_ImportModule("otsec.decoders.s7comm") : NULL;
+    PyObject *s7 = PyImport_ImportModule("otsec.decoders.s7comm");
     PyObject *cotp = s7 ? PyImport_ImportModule("otsec.decoders.cotp") : NULL;
     PyObject *plus = cotp ? PyImport_ImportModule("otsec.decoders.s7comm_plus") : NULL;
     int bad = plus == NULL
-        || load_obj(model, "Event", &EventCls) || load_obj(model, "Target", &TargetCls)
         || load_obj(s7, "_Tsdu", &TsduCls) || load_obj(plus, "_PendingPdu", &PendingPduCls)
         || load_obj(s7, "JOB_FUNCTIONS", &JOB_FUNCTIONS)
         || load_obj(s7, "ERROR_CLASS_NAMES", &ERROR_CLASS_NAMES)
@@ -2106,7 +2104,6 @@ otsec_s7comm_init(void)
         || load_set(s7, "ALARM_SUBFUNCTIONS", ALARM_SUB)
         || load_set(s7, "_OWN_FRAGMENT_GROUPS", OWN_FRAGMENT_GROUP)
         || load_set(plus, "_FRAMED_TYPES", FRAMED_TYPE);
-    Py_XDECREF(model);
     Py_XDECREF(s7);
     Py_XDECREF(cotp);
     Py_XDECREF(plus);

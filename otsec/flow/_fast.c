@@ -75,6 +75,27 @@ static PyObject *S_capture, *S_flow_id, *S_src_ip, *S_src_port, *S_src_mac, *S_d
 /* ---------------------------------------------------------------------------------- */
 /* small helpers                                                                        */
 
+/* An event's field, a new reference: straight from its slot when it is a model.Event (the
+ * generic attribute lookup costs more than the rest of the work on most fields). */
+static PyObject *
+ev_get(PyObject *ev, int field, PyObject *name)
+{
+    if (Py_IS_TYPE(ev, otsec_Event) && *otsec_event_field(ev, field) != NULL)
+        return Py_NewRef(*otsec_event_field(ev, field));
+    return PyObject_GetAttr(ev, name);
+}
+
+/* Set an event's field (v borrowed), as setattr does. */
+static int
+ev_set(PyObject *ev, int field, PyObject *name, PyObject *v)
+{
+    if (Py_IS_TYPE(ev, otsec_Event)) {
+        Py_XSETREF(*otsec_event_field(ev, field), Py_NewRef(v));
+        return 0;
+    }
+    return PyObject_SetAttr(ev, name, v);
+}
+
 static int
 as_int(PyObject *o)
 {
@@ -603,6 +624,186 @@ call_probe(PyObject *probe, PyObject *buf, Py_ssize_t pos)
     return t;
 }
 
+/* --- events counted by key (FlowTable.fold_by) ------------------------------------------
+ * An aggregator such as the analyze summary reads a few fields of each event and adds it
+ * to counters. Events that agree on those fields are counted here instead, one dict lookup
+ * on a tuple of the field values, and each group is handed to the aggregator once as
+ * fold(event, n), with an event that carries only those fields. The aggregator promises
+ * that fold(e, n) equals n calls of its per-event fold and that the order of folds does
+ * not matter (see otsec.model.FoldKey). An event whose "only_without" fields are set, or
+ * that is not a model.Event, is folded at once, alone. */
+typedef struct {
+    PyObject *fold;             /* fold(event, n); NULL: events are not counted here */
+    int fields[EV_FIELDS], nfields;
+    int unless[EV_FIELDS], nunless;
+    PyObject *detail_keys;      /* tuple: detail entries that are part of the key */
+    PyObject *absent;           /* stands in the key for a detail entry not there */
+    PyObject *slot_of;          /* key tuple -> its slot (int) */
+    PyObject **keys;            /* per slot: the key (new reference) */
+    long long *counts;
+    Py_ssize_t used, limit;
+} Fold;
+
+static int
+fold_call(Fold *f, PyObject *event, long long n)
+{
+    PyObject *count = PyLong_FromLongLong(n);
+    if (count == NULL)
+        return -1;
+    PyObject *args[2] = {event, count};
+    PyObject *r = PyObject_Vectorcall(f->fold, args, 2, NULL);
+    Py_DECREF(count);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* The event standing for a group: only the key's fields set. */
+static PyObject *
+fold_stand_in(Fold *f, PyObject *key)
+{
+    PyObject *ev = otsec_event_blank();
+    if (ev == NULL)
+        return NULL;
+    for (int i = 0; i < f->nfields; i++)
+        Py_XSETREF(*otsec_event_field(ev, f->fields[i]), Py_NewRef(PyTuple_GET_ITEM(key, i)));
+    PyObject *detail = *otsec_event_field(ev, EV_DETAIL);
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(f->detail_keys); k++) {
+        PyObject *v = PyTuple_GET_ITEM(key, f->nfields + k);
+        if (v != f->absent && PyDict_SetItem(detail, PyTuple_GET_ITEM(f->detail_keys, k), v) < 0) {
+            Py_DECREF(ev);
+            return NULL;
+        }
+    }
+    return ev;
+}
+
+/* Hand every group counted so far to the aggregator and start afresh (also on error). */
+static int
+fold_flush(Fold *f)
+{
+    int rc = 0;
+    Py_ssize_t used = f->used;
+    f->used = 0;
+    for (Py_ssize_t i = 0; i < used; i++) {
+        if (rc == 0) {
+            PyObject *ev = fold_stand_in(f, f->keys[i]);
+            rc = ev == NULL ? -1 : fold_call(f, ev, f->counts[i]);
+            Py_XDECREF(ev);
+        }
+        Py_CLEAR(f->keys[i]);
+    }
+    if (f->slot_of)
+        PyDict_Clear(f->slot_of);
+    return rc;
+}
+
+static void
+fold_clear(Fold *f)
+{
+    for (Py_ssize_t i = 0; i < f->used; i++)
+        Py_CLEAR(f->keys[i]);
+    f->used = 0;
+    Py_CLEAR(f->fold);
+    Py_CLEAR(f->detail_keys);
+    Py_CLEAR(f->absent);
+    Py_CLEAR(f->slot_of);
+    PyMem_Free(f->keys);
+    PyMem_Free(f->counts);
+    f->keys = NULL;
+    f->counts = NULL;
+}
+
+/* The key of an event that can be counted (a new tuple), or NULL: fold it alone (error
+ * if an exception is set). */
+static PyObject *
+fold_key(Fold *f, PyObject *ev)
+{
+    if (!Py_IS_TYPE(ev, otsec_Event))
+        return NULL;
+    for (int i = 0; i < f->nunless; i++) {
+        PyObject *v = *otsec_event_field(ev, f->unless[i]);
+        int set = v == NULL ? 1 : v == Py_None ? 0 : PyList_CheckExact(v) ? PyList_GET_SIZE(v) > 0
+                                                                          : PyObject_IsTrue(v);
+        if (set)   /* also -1: an error */
+            return NULL;
+    }
+    Py_ssize_t ndetail = PyTuple_GET_SIZE(f->detail_keys);
+    PyObject *detail = *otsec_event_field(ev, EV_DETAIL);
+    if (ndetail && (detail == NULL || !PyDict_CheckExact(detail)))
+        return NULL;
+    PyObject *key = PyTuple_New(f->nfields + ndetail);
+    if (key == NULL)
+        return NULL;
+    for (int i = 0; i < f->nfields; i++) {
+        PyObject *v = *otsec_event_field(ev, f->fields[i]);
+        if (v == NULL) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(key, i, Py_NewRef(v));
+    }
+    for (Py_ssize_t k = 0; k < ndetail; k++) {
+        PyObject *v = PyDict_GetItemWithError(detail, PyTuple_GET_ITEM(f->detail_keys, k));
+        if (v == NULL && PyErr_Occurred()) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(key, f->nfields + k, Py_NewRef(v ? v : f->absent));
+    }
+    return key;
+}
+
+/* Count one event (or fold it at once). */
+static int
+fold_event(Fold *f, PyObject *ev)
+{
+    PyObject *key = fold_key(f, ev);
+    if (key == NULL)
+        return PyErr_Occurred() ? -1 : fold_call(f, ev, 1);
+    PyObject *slot = PyDict_GetItemWithError(f->slot_of, key);
+    if (slot != NULL) {
+        f->counts[PyLong_AsSsize_t(slot)]++;
+        Py_DECREF(key);
+        return 0;
+    }
+    if (PyErr_Occurred() || (f->used == f->limit && fold_flush(f) < 0)) {
+        Py_DECREF(key);
+        return -1;
+    }
+    slot = PyLong_FromSsize_t(f->used);
+    if (slot == NULL || PyDict_SetItem(f->slot_of, key, slot) < 0) {
+        Py_XDECREF(slot);
+        Py_DECREF(key);
+        return -1;
+    }
+    Py_DECREF(slot);
+    f->keys[f->used] = key;
+    f->counts[f->used++] = 1;
+    return 0;
+}
+
+/* The EV_ indices of a sequence of field names. */
+static int
+fold_fields(PyObject *names, int *out, int *n)
+{
+    PyObject *seq = PySequence_Fast(names, "fold_by: field names must be a sequence");
+    if (seq == NULL)
+        return -1;
+    *n = 0;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        int index = otsec_event_field_index(PySequence_Fast_GET_ITEM(seq, i));
+        if (index < 0 || *n == EV_FIELDS) {
+            PyErr_Format(PyExc_ValueError, "fold_by: %R is not a field of model.Event",
+                         PySequence_Fast_GET_ITEM(seq, i));
+            Py_DECREF(seq);
+            return -1;
+        }
+        out[(*n)++] = index;
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
 typedef struct FlowTableObject FlowTableObject;
 
 /* _decode: decode one message; events (with packet and ts set) are appended to out. */
@@ -644,6 +845,7 @@ struct FlowTableObject {
     size_t nbuckets, nentries;
     struct Conn *graveyard;     /* ended during the current call; freed when it returns */
     int busy;                   /* a call is in progress (see enter()) */
+    Fold fold;
 };
 
 /* health.<name> += n */
@@ -682,11 +884,11 @@ session_decode(FlowTableObject *self, Session *ss, PyObject *msg, int from_clien
     for (Py_ssize_t k = 0; rc == 0 && k < PyList_GET_SIZE(events); k++) {
         PyObject *ev = PyList_GET_ITEM(events, k), *proto;
         Py_INCREF(ev);
-        if (PyObject_SetAttr(ev, S_packet, pkt) < 0 || PyObject_SetAttr(ev, S_ts, t) < 0) {
+        if (ev_set(ev, EV_PACKET, S_packet, pkt) < 0 || ev_set(ev, EV_TS, S_ts, t) < 0) {
             rc = -1;
         } else {
             count++;
-            if ((proto = PyObject_GetAttr(ev, S_protocol)) == NULL ||
+            if ((proto = ev_get(ev, EV_PROTOCOL, S_protocol)) == NULL ||
                 PySet_Add(ss->protocols, proto) < 0 || PyList_Append(out, ev) < 0)
                 rc = -1;
             Py_XDECREF(proto);
@@ -826,12 +1028,12 @@ fail:
 static int
 session_pair(FlowTableObject *self, Session *ss, PyObject *ev)
 {
-    PyObject *key = PyObject_GetAttr(ev, S_pair_key);
+    PyObject *key = ev_get(ev, EV_PAIR_KEY, S_pair_key);
     if (key == NULL)
         return -1;
     int rc = 0;
     if (key != Py_None) {
-        PyObject *kind = PyObject_GetAttr(ev, S_kind);
+        PyObject *kind = ev_get(ev, EV_KIND, S_kind);
         if (kind == NULL) {
             Py_DECREF(key);
             return -1;
@@ -855,8 +1057,8 @@ session_pair(FlowTableObject *self, Session *ss, PyObject *ev)
                     rc = -1;
                 } else {
                     rc = health_add(self, S_unpaired_responses, 1);
-                    PyObject *proto = rc == 0 ? PyObject_GetAttr(ev, S_protocol) : NULL;
-                    PyObject *anomalies = proto ? PyObject_GetAttr(ev, S_anomalies) : NULL;
+                    PyObject *proto = rc == 0 ? ev_get(ev, EV_PROTOCOL, S_protocol) : NULL;
+                    PyObject *anomalies = proto ? ev_get(ev, EV_ANOMALIES, S_anomalies) : NULL;
                     PyObject *flag = anomalies ? PyUnicode_FromFormat("%S.unpaired_response", proto) : NULL;
                     PyObject *r = flag ? PyObject_CallMethodOneArg(anomalies, S_append, flag) : NULL;
                     if (r == NULL)
@@ -869,18 +1071,18 @@ session_pair(FlowTableObject *self, Session *ss, PyObject *ev)
             } else {
                 Py_INCREF(req);
                 rc = PyDict_DelItem(ss->pending, key);
-                PyObject *rp = rc == 0 ? PyObject_GetAttr(req, S_packet) : NULL;
-                if (rp == NULL || PyObject_SetAttr(ev, S_request_packet, rp) < 0) {
+                PyObject *rp = rc == 0 ? ev_get(req, EV_PACKET, S_packet) : NULL;
+                if (rp == NULL || ev_set(ev, EV_REQUEST_PACKET, S_request_packet, rp) < 0) {
                     rc = -1;
                 } else {
-                    PyObject *targets = PyObject_GetAttr(ev, S_targets);
+                    PyObject *targets = ev_get(ev, EV_TARGETS, S_targets);
                     int has = targets ? PyObject_IsTrue(targets) : -1;
                     Py_XDECREF(targets);
                     if (has < 0) {
                         rc = -1;
                     } else if (!has) {
-                        PyObject *rt = PyObject_GetAttr(req, S_targets);
-                        if (rt == NULL || PyObject_SetAttr(ev, S_targets, rt) < 0)
+                        PyObject *rt = ev_get(req, EV_TARGETS, S_targets);
+                        if (rt == NULL || ev_set(ev, EV_TARGETS, S_targets, rt) < 0)
                             rc = -1;
                         Py_XDECREF(rt);
                     }
@@ -893,7 +1095,7 @@ session_pair(FlowTableObject *self, Session *ss, PyObject *ev)
     Py_DECREF(key);
     if (rc < 0)
         return -1;
-    PyObject *anomalies = PyObject_GetAttr(ev, S_anomalies);
+    PyObject *anomalies = ev_get(ev, EV_ANOMALIES, S_anomalies);
     if (anomalies == NULL)
         return -1;
     int t = PyObject_IsTrue(anomalies);
@@ -1139,17 +1341,19 @@ emit(FlowTableObject *self, Conn *c, int from_client, PyObject *events)
     Py_ssize_t n = PyList_GET_SIZE(events);
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *ev = PyList_GET_ITEM(events, k);
-        if (PyObject_SetAttr(ev, S_capture, self->capture) < 0 ||
-            PyObject_SetAttr(ev, S_flow_id, c->flow_id) < 0 ||
-            PyObject_SetAttr(ev, S_src_ip, src_ip) < 0 ||
-            PyObject_SetAttr(ev, S_src_port, src_port) < 0 ||
-            PyObject_SetAttr(ev, S_src_mac, src_mac) < 0 ||
-            PyObject_SetAttr(ev, S_dst_ip, dst_ip) < 0 ||
-            PyObject_SetAttr(ev, S_dst_port, dst_port) < 0 ||
-            PyObject_SetAttr(ev, S_dst_mac, dst_mac) < 0 ||
+        if (ev_set(ev, EV_CAPTURE, S_capture, self->capture) < 0 ||
+            ev_set(ev, EV_FLOW_ID, S_flow_id, c->flow_id) < 0 ||
+            ev_set(ev, EV_SRC_IP, S_src_ip, src_ip) < 0 ||
+            ev_set(ev, EV_SRC_PORT, S_src_port, src_port) < 0 ||
+            ev_set(ev, EV_SRC_MAC, S_src_mac, src_mac) < 0 ||
+            ev_set(ev, EV_DST_IP, S_dst_ip, dst_ip) < 0 ||
+            ev_set(ev, EV_DST_PORT, S_dst_port, dst_port) < 0 ||
+            ev_set(ev, EV_DST_MAC, S_dst_mac, dst_mac) < 0 ||
             session_pair(self, c->session, ev) < 0)
             return -1;
         c->events++;
+        if (self->fold.fold != NULL && fold_event(&self->fold, ev) < 0)
+            return -1;
         PyObject *r = PyObject_CallOneArg(self->on_event, ev);
         if (r == NULL)
             return -1;
@@ -2140,7 +2344,43 @@ table_finish(FlowTableObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (enter(self) < 0)
         return NULL;
-    return done(self, retire_all(self, INFINITY));
+    int rc = retire_all(self, INFINITY);
+    if (rc == 0 && self->fold.fold != NULL)
+        rc = fold_flush(&self->fold);
+    return done(self, rc);
+}
+
+static PyObject *
+table_fold_by(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t limit;
+    if (nargs != 5 || !PyTuple_Check(args[1]) || !PyCallable_Check(args[3])
+        || (limit = PyLong_AsSsize_t(args[4])) < 1) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "fold_by(fields, detail_keys: tuple, only_without, "
+                            "fold: callable, limit: int >= 1)");
+        return NULL;
+    }
+    if (self->fold.fold != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "fold_by: events are already folded");
+        return NULL;
+    }
+    Fold *f = &self->fold;
+    if (fold_fields(args[0], f->fields, &f->nfields) < 0 ||
+        fold_fields(args[2], f->unless, &f->nunless) < 0)
+        return NULL;
+    f->keys = PyMem_Calloc(limit, sizeof *f->keys);
+    f->counts = PyMem_Calloc(limit, sizeof *f->counts);
+    f->slot_of = PyDict_New();
+    f->absent = PyBaseObject_Type.tp_alloc(&PyBaseObject_Type, 0);
+    if (f->keys == NULL || f->counts == NULL || f->slot_of == NULL || f->absent == NULL) {
+        fold_clear(f);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    f->limit = limit;
+    f->detail_keys = Py_NewRef(args[1]);
+    f->fold = Py_NewRef(args[3]);
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -2276,6 +2516,8 @@ table_traverse(FlowTableObject *self, visitproc visit, void *arg)
     Py_VISIT(self->on_flow);
     Py_VISIT(self->health);
     Py_VISIT(self->counters);
+    Py_VISIT(self->fold.fold);
+    Py_VISIT(self->fold.slot_of);
     for (Conn *c = self->first; c; c = c->next) {
         Py_VISIT(c->flow);
         if (c->session) {
@@ -2322,6 +2564,7 @@ table_clear(FlowTableObject *self)
     Py_CLEAR(self->counters);
     Py_CLEAR(self->capture);
     Py_CLEAR(self->emitting);
+    fold_clear(&self->fold);
     return 0;
 }
 
@@ -2349,6 +2592,9 @@ static PyMethodDef table_methods[] = {
     {"retire_all", (PyCFunction)table_retire_all, METH_O,
      "retire_all(pkt_no): report every connection still open"},
     {"finish", (PyCFunction)table_finish, METH_NOARGS, "end of input: report every open connection"},
+    {"fold_by", (PyCFunction)(void (*)(void))table_fold_by, METH_FASTCALL,
+     "fold_by(fields, detail_keys, only_without, fold, limit): count the events that agree on "
+     "these fields and call fold(event, n) once per group (at the latest at finish)"},
     {"open_flows", (PyCFunction)table_open_flows, METH_NOARGS,
      "the connections tracked now, as their (still growing) flow records"},
     {NULL}
@@ -2550,7 +2796,7 @@ done:
 PyMODINIT_FUNC
 PyInit__fast(void)
 {
-    if (intern_names() < 0 || load_python_side() < 0 || parse_init() < 0 ||
+    if (intern_names() < 0 || load_python_side() < 0 || parse_init() < 0 || otsec_model_init() < 0 ||
         otsec_modbus_init() < 0 || otsec_s7comm_init() < 0 || otsec_opcua_init() < 0)
         return NULL;
     if (!(EMPTY_BYTES = PyBytes_FromStringAndSize(NULL, 0)))
