@@ -37,7 +37,7 @@ setup(
         "otsec.flow._fast",
         sources=["otsec/flow/_fast.c", "otsec/_model.c", "otsec/decoders/_modbus.c", "otsec/decoders/_s7comm.c",
                  "otsec/decoders/_opcua.c"],
-        depends=["otsec/flow/_parse.h", "otsec/decoders/_cdecode.h"],
+        depends=["otsec/flow/_parse.h", "otsec/flow/_newflow.h", "otsec/decoders/_cdecode.h"],
         include_dirs=["otsec/decoders"],
         extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
                             "-Wno-missing-field-initializers"],

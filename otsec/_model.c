@@ -1,4 +1,4 @@
-/* model.py's Event and Target made and filled from C, without their dataclass __init__.
+/* model.py's Event, Target and Flow made and filled from C, without their dataclass __init__.
  *
  * Making an event through the class runs the generated __init__, a Python frame that
  * assigns 23 fields one by one (about 0.3 us: the largest single cost of an event made by
@@ -25,9 +25,9 @@ typedef struct {
     enum { DEFAULT, FACTORY, REQUIRED } source[MAX_FIELDS];   /* of a field not passed */
 } Layout;
 
-static Layout event_layout, target_layout;
+static Layout event_layout, target_layout, flow_layout;
 PyTypeObject *otsec_Event, *otsec_Target;
-Py_ssize_t otsec_event_offset[EV_FIELDS];
+Py_ssize_t otsec_event_offset[EV_FIELDS], otsec_flow_offset[FL_FIELDS];
 
 static const char *const event_names[EV_FIELDS] = {
     "protocol", "kind", "function", "op_class", "function_code", "targets", "result", "status",
@@ -35,6 +35,12 @@ static const char *const event_names[EV_FIELDS] = {
     "src_port", "src_mac", "dst_ip", "dst_port", "dst_mac", "request_packet", "capture",
 };
 static const char *const target_names[] = {"kind", "start", "count", "area", "db", "name"};
+static const char *const flow_names[FL_FIELDS] = {
+    "flow_id", "transport", "client_ip", "client_port", "server_ip", "server_port", "client_mac",
+    "server_mac", "initiator_known", "app", "decoded", "first_ts", "last_ts", "first_packet",
+    "last_packet", "packets_c2s", "packets_s2c", "bytes_c2s", "bytes_s2c", "events", "gaps",
+    "anomalies", "capture",
+};
 
 /* The layout of a slots dataclass whose fields are exactly ``names``, in order. */
 static int
@@ -131,6 +137,12 @@ otsec_event_blank(void)
 }
 
 PyObject *
+otsec_flow_blank(void)
+{
+    return layout_new(&flow_layout, NULL, 0, 1);
+}
+
+PyObject *
 otsec_target_new(PyObject *const *args, int nargs)
 {
     return layout_new(&target_layout, args, nargs, 0);
@@ -152,12 +164,14 @@ otsec_model_init(void)
     if (model == NULL)
         return -1;
     int rc = layout_load(&event_layout, model, "Event", event_names, EV_FIELDS) < 0 ||
-             layout_load(&target_layout, model, "Target", target_names, 6) < 0 ? -1 : 0;
+             layout_load(&target_layout, model, "Target", target_names, 6) < 0 ||
+             layout_load(&flow_layout, model, "Flow", flow_names, FL_FIELDS) < 0 ? -1 : 0;
     Py_DECREF(model);
     if (rc == 0) {
         otsec_Event = event_layout.type;
         otsec_Target = target_layout.type;
         memcpy(otsec_event_offset, event_layout.offset, sizeof otsec_event_offset);
+        memcpy(otsec_flow_offset, flow_layout.offset, sizeof otsec_flow_offset);
     }
     return rc;
 }

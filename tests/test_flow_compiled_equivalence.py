@@ -162,6 +162,26 @@ WAITS = (0.5, 6.0, 11.0, 45.0, 70.0, 400.0, -1000.0, 1e6)
 START_TIMES = (1_700_000_000.0, 0.0)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([4, 16]).flatmap(lambda n: st.tuples(st.binary(min_size=n, max_size=n),
+                                                             st.binary(min_size=n, max_size=n))),
+       st.sampled_from([TCP, UDP, 1, 58, 132, 47]), st.integers(0, 65535), st.integers(0, 65535),
+       st.sampled_from([0, SYN, SYN | ACK, ACK, RST]))
+def test_a_new_connections_flow_record_is_the_same(addresses, proto, sport, dport, flags):
+    """Community ID (SHA-1 and base64 in C), address text, client guess, service name and
+    transport of the compiled table's Flow records against table.new_flow."""
+    compiled = require_compiled()
+    sip, dip = addresses
+    flows = {}
+    for name, table_class in (("python", PythonFlowTable), ("compiled", compiled)):
+        found = []
+        table = table_class(BUILTIN, {}, lambda ev: None, found.append, Health())
+        table.packet(1, 1.5, (None, None, sip, dip, proto, sport, dport, flags, 0, 0, b""))
+        table.finish()
+        flows[name] = [f.to_dict() for f in found]
+    assert_same(flows["python"], flows["compiled"], "flow record")
+
+
 @st.composite
 def conversations(draw) -> tuple[bytes, bytes]:
     """The two byte streams of a connection: requests from the client and their responses

@@ -72,21 +72,29 @@ otsec_one_event(PyObject *event)
     return list;
 }
 
-/* model.Event and model.Target made without their Python __init__ (otsec/_model.c): cls(*args),
+/* model.Event, Target and Flow made without their Python __init__ (otsec/_model.c): cls(*args),
  * the fields not given set to their defaults (blank: also None for the required ones). An
  * exact Event's field is the slot at otsec_event_offset[EV_...] (a borrowed reference;
- * NULL only after a del). otsec_event_field_index: EV_... of a field name, or -1. */
+ * NULL only after a del), a Flow's at otsec_flow_offset[FL_...]. otsec_event_field_index:
+ * EV_... of a field name, or -1. */
 enum {
     EV_PROTOCOL, EV_KIND, EV_FUNCTION, EV_OP_CLASS, EV_FUNCTION_CODE, EV_TARGETS, EV_RESULT,
     EV_STATUS, EV_ANOMALIES, EV_DETAIL, EV_IDENTITY, EV_PAIR_KEY, EV_TS, EV_PACKET, EV_FLOW_ID,
     EV_SRC_IP, EV_SRC_PORT, EV_SRC_MAC, EV_DST_IP, EV_DST_PORT, EV_DST_MAC, EV_REQUEST_PACKET,
     EV_CAPTURE, EV_FIELDS
 };
+enum {
+    FL_FLOW_ID, FL_TRANSPORT, FL_CLIENT_IP, FL_CLIENT_PORT, FL_SERVER_IP, FL_SERVER_PORT,
+    FL_CLIENT_MAC, FL_SERVER_MAC, FL_INITIATOR_KNOWN, FL_APP, FL_DECODED, FL_FIRST_TS, FL_LAST_TS,
+    FL_FIRST_PACKET, FL_LAST_PACKET, FL_PACKETS_C2S, FL_PACKETS_S2C, FL_BYTES_C2S, FL_BYTES_S2C,
+    FL_EVENTS, FL_GAPS, FL_ANOMALIES, FL_CAPTURE, FL_FIELDS
+};
 extern PyTypeObject *otsec_Event, *otsec_Target;
-extern Py_ssize_t otsec_event_offset[EV_FIELDS];
+extern Py_ssize_t otsec_event_offset[EV_FIELDS], otsec_flow_offset[FL_FIELDS];
 int otsec_model_init(void);
 PyObject *otsec_event_new(PyObject *const *args, int nargs);
 PyObject *otsec_event_blank(void);
+PyObject *otsec_flow_blank(void);
 PyObject *otsec_target_new(PyObject *const *args, int nargs);
 int otsec_event_field_index(PyObject *name);
 

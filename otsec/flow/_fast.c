@@ -5,9 +5,9 @@
  * runs its cases on both, tests/test_flow_compiled_equivalence.py compares them on every
  * corpus capture and on random packet sequences). What it changes is where the work
  * happens: packet parsing, the connection index, TCP reassembly, framing and event context
- * run on C structs, and Python is called only for what stays in Python:
+ * run on C structs (a new connection's Flow record in _newflow.h), and Python is called
+ * only for what stays in Python:
  *
- *   new_flow()  the Flow record of a new connection (Community ID, service name)
  *   detect()    which decoder a new connection speaks (the decoders' probes)
  *   decoder.frame / probe / decode, and the on_event / on_flow callbacks.
  *
@@ -34,6 +34,8 @@
 #define RST 0x04
 #define ACK 0x10
 
+#include "_newflow.h"
+
 /* Limits, read from the Python modules at import so that both twins share one value. */
 static long DETECTION_ATTEMPTS, DETECTION_WINDOW, MAX_MESSAGE_AWAITED, MAX_HELD_SEGMENTS;
 static double CLOSED_LINGER, SWEEP_INTERVAL;
@@ -43,7 +45,7 @@ static long DEFAULT_MAX_FLOWS;
 static double DEFAULT_TCP_IDLE, DEFAULT_UDP_IDLE;
 
 /* Python helpers shared with table.py */
-static PyObject *py_new_flow, *py_detect, *py_port_maps;
+static PyObject *py_detect, *py_port_maps;
 
 /* The Python decode functions that have a compiled twin (otsec/decoders/_<name>.c). */
 static struct {
@@ -1730,43 +1732,26 @@ static Conn *
 new_conn(FlowTableObject *self, long long pkt_no, double ts, Input *in, int *from_client)
 {
     Packet *p = &in->p;
-    PyObject *sip = PyBytes_FromStringAndSize((const char *)p->src_ip, p->ip_len);
-    PyObject *dip = PyBytes_FromStringAndSize((const char *)p->dst_ip, p->ip_len);
-    PyObject *res = NULL;
-    if (sip && dip) {
-        PyObject *args[9] = {self->by_port, PyLong_FromLongLong(pkt_no), PyFloat_FromDouble(ts), sip, dip,
-                             PyLong_FromLong(p->proto), PyLong_FromLong(p->sport),
-                             PyLong_FromLong(p->dport), PyLong_FromLong(p->flags)};
-        int ok = 1;
-        for (int k = 1; k < 9; k++)
-            if (args[k] == NULL)
-                ok = 0;
-        if (ok)
-            res = PyObject_Vectorcall(py_new_flow, args, 9, NULL);
-        Py_XDECREF(args[1]); Py_XDECREF(args[2]); Py_XDECREF(args[5]);
-        Py_XDECREF(args[6]); Py_XDECREF(args[7]); Py_XDECREF(args[8]);
-    }
-    Py_XDECREF(sip);
-    Py_XDECREF(dip);
-    if (res == NULL)
+    int sender_is_client;
+    PyObject *flow = new_flow(self->by_port, pkt_no, ts, p, &sender_is_client);
+    if (flow == NULL)
         return NULL;
     Conn *c = PyMem_Calloc(1, sizeof(Conn));
     if (c == NULL) {
-        Py_DECREF(res);
+        Py_DECREF(flow);
         PyErr_NoMemory();
         return NULL;
     }
-    c->flow = PyTuple_GET_ITEM(res, 0);
-    Py_INCREF(c->flow);
-    int sender_is_client = PyObject_IsTrue(PyTuple_GET_ITEM(res, 1));
-    Py_DECREF(res);
+    c->flow = flow;
+#define FLOW_FIELD(f) Py_NewRef(*(PyObject **)((char *)flow + otsec_flow_offset[f]))
+    c->flow_id = FLOW_FIELD(FL_FLOW_ID);
+    c->client_ip = FLOW_FIELD(FL_CLIENT_IP);
+    c->server_ip = FLOW_FIELD(FL_SERVER_IP);
+    c->client_port = FLOW_FIELD(FL_CLIENT_PORT);
+    c->server_port = FLOW_FIELD(FL_SERVER_PORT);
+#undef FLOW_FIELD
     c->order = Py_BuildValue("(lL)", self->source_index, pkt_no);
-    if (c->order == NULL || sender_is_client < 0 ||
-        !(c->flow_id = PyObject_GetAttr(c->flow, S_flow_id)) ||
-        !(c->client_ip = PyObject_GetAttr(c->flow, S_client_ip)) ||
-        !(c->server_ip = PyObject_GetAttr(c->flow, S_server_ip)) ||
-        !(c->client_port = PyObject_GetAttr(c->flow, S_client_port)) ||
-        !(c->server_port = PyObject_GetAttr(c->flow, S_server_port))) {
+    if (c->order == NULL) {
         conn_free(c);
         return NULL;
     }
@@ -2781,7 +2766,7 @@ load_python_side(void)
         if (TWINS[k].decode == NULL || TWINS[k].frame == NULL)
             goto done;
     }
-    if (!(py_new_flow = PyObject_GetAttrString(table, "new_flow")) ||
+    if (new_flow_init(table) < 0 ||
         !(py_detect = PyObject_GetAttrString(table, "detect")) ||
         !(py_port_maps = PyObject_GetAttrString(table, "port_maps")))
         goto done;
