@@ -79,3 +79,56 @@ def test_declared_lengths_around_the_limits(name):
             for extra in (length - 8, length - 7, length - 6, length - 4, length, length + 3):
                 buf = header + bytes(max(min(extra, 1 << 17), 0))
                 assert frame(buf, 0) == reference(buf, 0), (name, length, head, extra)
+
+
+# --- probe() twins: detection and resynchronisation ask them first ----------------------
+
+PYTHON_PROBES = {"modbus": modbus.probe, "s7comm": s7comm.probe, "opcua": opcua.probe}
+
+
+def probe_twin(name: str):
+    require_compiled()
+    from otsec.flow import _fast
+    return getattr(_fast, f"probe_{name}")
+
+
+def assert_probe_agrees(name: str, buf: bytes, pos: int) -> None:
+    """The twin says what the Python probe says, or leaves it to it (None)."""
+    answer = probe_twin(name)(buf, pos)
+    assert answer is None or answer == bool(PYTHON_PROBES[name](buf, pos)), (name, buf[pos:pos + 16], pos)
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_PROBES))
+def test_probe_twins_on_every_position_and_cut_of_real_messages(name):
+    data = stream_bytes(name)
+    for cut in range(0, len(data) + 1, 11):
+        buf = data[:cut]
+        for pos in range(0, min(len(buf) + 2, 200)):
+            assert_probe_agrees(name, buf, pos)
+    # message starts are recognised (S7: left to the Python probe), the rest mostly refused
+    answers = [probe_twin(name)(data, pos) for pos in range(len(data))]
+    assert answers[0] is not False and answers.count(False) > len(data) // 2, name
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_PROBES))
+@settings(max_examples=400, deadline=None)
+@given(data=st.binary(max_size=40), pos=st.integers(0, 45))
+def test_probe_twins_on_hostile_bytes(name, data, pos):
+    assert_probe_agrees(name, data, pos)
+
+
+@pytest.mark.parametrize("name", sorted(PYTHON_PROBES))
+def test_probe_twins_around_the_header_limits(name):
+    for length in [*range(0, 300), 0xFFFF, opcua.MAX_CHUNK_SIZE, opcua.MAX_CHUNK_SIZE + 1, 0xFFFFFFFF]:
+        for head in (b"\0\0", b"\x03\x00", b"\x03\x01", b"HELF", b"ACKF", b"ERRF", b"OPNF", b"MSGC",
+                     b"MSGA", b"HELC", b"CLOF", b"MSGX", b"XYZA"):
+            if name == "opcua":
+                header = head + (length & 0xFFFFFFFF).to_bytes(4, "little")
+            elif name == "modbus":
+                header = head + b"\0\0" + (length & 0xFFFF).to_bytes(2, "big")
+            else:
+                header = head + (length & 0xFFFF).to_bytes(2, "big")
+            versions = [bytes(i) + b"\x01" + bytes(3 - i) for i in range(4)]   # HEL/ACK version != 0
+            for tail in (b"", b"\0", b"\0\0\0\0", *versions, b"\x11\xe0\0\0\0\x01\0\xc1\x02\x01\x00",
+                         b"\x02\xf0\x80\x32\x01\0\0\0\0\0\x0e\0\0"):
+                assert_probe_agrees(name, header + tail, 0)

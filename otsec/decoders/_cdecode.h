@@ -19,6 +19,8 @@
  * and, where the decoder's frame() has a twin (the same answer for every input: the
  * message length, 0 for NEED_MORE, -1 for UNFRAMEABLE):
  *   Py_ssize_t otsec_<name>_frame(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos)
+ * and the twin of its probe() (see cprobe_fn):
+ *   int otsec_<name>_probe(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos)
  */
 #ifndef OTSEC_CDECODE_H
 #define OTSEC_CDECODE_H
@@ -106,15 +108,22 @@ otsec_event_field(PyObject *event, int field)
 
 typedef PyObject *(*cdecode_fn)(PyObject *msg, int from_client, PyObject *state);
 typedef Py_ssize_t (*cframe_fn)(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
+/* probe(buf, pos) twins: 1 or 0 as the Python probe answers, or OTSEC_PROBE_UNSURE where
+ * the twin does not decide (the Python probe then does). */
+typedef int (*cprobe_fn)(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
+#define OTSEC_PROBE_UNSURE (-1)
 
 int otsec_modbus_init(void);
 PyObject *otsec_modbus_decode(PyObject *msg, int from_client, PyObject *state);
 Py_ssize_t otsec_modbus_frame(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
+int otsec_modbus_probe(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 int otsec_s7comm_init(void);
 PyObject *otsec_s7comm_decode(PyObject *msg, int from_client, PyObject *state);
 Py_ssize_t otsec_s7comm_frame(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
+int otsec_s7comm_probe(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 int otsec_opcua_init(void);
 PyObject *otsec_opcua_decode(PyObject *msg, int from_client, PyObject *state);
 Py_ssize_t otsec_opcua_frame(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
+int otsec_opcua_probe(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 
 #endif

@@ -36,7 +36,7 @@ static struct {
         file_ref_type, file_read_max, file_write_min, file_write_max, coil_on, coil_off,
         max_detail_values, max_detail_raw, max_file_records, max_object_chars, min_id_text,
         max_pending, umas_fc, mei_fc, mei_device_id, umas_ok, umas_error, length_framed_min,
-        length_tolerated_max;
+        length_tolerated_max, length_min;
 } K;
 static const struct { const char *name; long *slot; } int_attrs[] = {
     {"MBAP_LEN", &K.mbap_len}, {"LENGTH_SPEC_MAX", &K.length_spec_max},
@@ -53,6 +53,7 @@ static const struct { const char *name; long *slot; } int_attrs[] = {
     {"UMAS_FC", &K.umas_fc}, {"MEI_FC", &K.mei_fc}, {"MEI_DEVICE_ID", &K.mei_device_id},
     {"UMAS_OK", &K.umas_ok}, {"UMAS_ERROR", &K.umas_error},
     {"LENGTH_FRAMED_MIN", &K.length_framed_min}, {"LENGTH_TOLERATED_MAX", &K.length_tolerated_max},
+    {"LENGTH_MIN", &K.length_min},
 };
 
 static PyObject *diag_names, *diag_control;     /* DIAGNOSTIC_NAMES, DIAGNOSTIC_CONTROL */
@@ -1359,6 +1360,18 @@ otsec_modbus_frame(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos)
     if (length < K.length_framed_min || length > K.length_tolerated_max)
         return -1;
     return avail >= 6 + length ? 6 + length : 0;
+}
+
+/* The twin of modbus.probe: a plausible MBAP header (protocol id 0, the spec's length
+ * range) with a function code other than 0. */
+int
+otsec_modbus_probe(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos)
+{
+    if (pos < 0 || len - pos < K.mbap_len + 1)
+        return 0;
+    const unsigned char *p = buf + pos;
+    long length = (p[4] << 8) | p[5];
+    return !p[2] && !p[3] && K.length_min <= length && length <= K.length_spec_max && p[7] != 0;
 }
 
 int

@@ -2605,15 +2605,18 @@ min_size(PyObject *sizes, const char *mtype, long *out)
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-/* For the twin of opcua.frame: the message types (MIN_CHUNK_SIZE's keys), the chunk
- * types and the size bounds, from the Python module. */
+/* For the twins of opcua.frame and opcua.probe: the message types (MIN_CHUNK_SIZE's keys)
+ * with their minimum sizes and whether they are single-chunk types, the chunk types and
+ * the size bounds, from the Python module. */
 static char FRAME_TYPES[16][3];
+static long FRAME_MIN_SIZE[16];
+static int FRAME_SINGLE[16];
 static int n_frame_types;
 static unsigned char FRAME_CHUNK[256];
 static Py_ssize_t FRAME_HEADER_LEN, FRAME_MAX_SIZE;
 
 static int
-init_framing(PyObject *module, PyObject *sizes)
+init_framing(PyObject *module, PyObject *sizes, PyObject *singles)
 {
     Py_ssize_t pos = 0;
     PyObject *k, *v;
@@ -2623,7 +2626,14 @@ init_framing(PyObject *module, PyObject *sizes)
             PyErr_SetString(PyExc_RuntimeError, "opcua twin: MIN_CHUNK_SIZE changed");
             return -1;
         }
-        memcpy(FRAME_TYPES[n_frame_types++], PyBytes_AS_STRING(k), 3);
+        memcpy(FRAME_TYPES[n_frame_types], PyBytes_AS_STRING(k), 3);
+        FRAME_MIN_SIZE[n_frame_types] = PyLong_AsLong(v);
+        if (FRAME_MIN_SIZE[n_frame_types] == -1 && PyErr_Occurred())
+            return -1;
+        int single = PySequence_Contains(singles, k);
+        if (single < 0)
+            return -1;
+        FRAME_SINGLE[n_frame_types++] = single;
     }
     PyObject *chunks = get(module, "CHUNK_TYPES");
     if (chunks == NULL)
@@ -2650,13 +2660,41 @@ init_framing(PyObject *module, PyObject *sizes)
     return 0;
 }
 
+/* The index of a message type in FRAME_TYPES, or -1. */
 static int
-frame_type_known(const unsigned char *p)
+frame_type(const unsigned char *p)
 {
     for (int i = 0; i < n_frame_types; i++)
         if (memcmp(FRAME_TYPES[i], p, 3) == 0)
-            return 1;
-    return 0;
+            return i;
+    return -1;
+}
+
+static int
+frame_type_known(const unsigned char *p)
+{
+    return frame_type(p) >= 0;
+}
+
+/* The twin of opcua.probe: a known message type, a chunk type allowed for it and a
+ * plausible size; HEL and ACK must also announce protocol version 0. */
+int
+otsec_opcua_probe(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos)
+{
+    if (pos < 0 || len - pos < FRAME_HEADER_LEN)
+        return 0;
+    const unsigned char *p = buf + pos;
+    int type = frame_type(p);
+    uint32_t size = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+    if (type < 0 || size < (uint32_t)FRAME_MIN_SIZE[type] || size > (uint64_t)FRAME_MAX_SIZE)
+        return 0;
+    if (!FRAME_SINGLE[type])
+        return FRAME_CHUNK[p[3]];
+    if (p[3] != 'F')
+        return 0;
+    if (memcmp(p, "HEL", 3) == 0 || memcmp(p, "ACK", 3) == 0)
+        return len - pos >= 12 && !p[8] && !p[9] && !p[10] && !p[11];
+    return 1;
 }
 
 /* The twin of opcua.frame (the reference): the chunk's declared size; a prefix that
@@ -2761,7 +2799,7 @@ otsec_opcua_init(void)
         return -1;
     PyObject *mod = PyImport_ImportModule("otsec.decoders.opcua");
     PyObject *enc = PyImport_ImportModule("otsec.decoders.opcua_encoding");
-    PyObject *sizes = NULL, *codes = NULL, *info = NULL, *bodies = NULL, *builtins = NULL;
+    PyObject *sizes = NULL, *codes = NULL, *info = NULL, *bodies = NULL, *builtins = NULL, *singles = NULL;
     int rc = -1;
     if (mod == NULL || enc == NULL)
         goto done;
@@ -2826,7 +2864,8 @@ otsec_opcua_init(void)
         BUILTIN_SIZE[t] = (signed char)(size == Py_None ? -1 : PyLong_AsLong(size));
     }
     if (PyDict_GET_SIZE(builtins) != 25 || load_statuses(codes) < 0 ||
-        load_services(info, bodies) < 0 || init_framing(mod, sizes) < 0) {
+        load_services(info, bodies) < 0 || (singles = get(mod, "SINGLE_CHUNK_TYPES")) == NULL ||
+        init_framing(mod, sizes, singles) < 0) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_RuntimeError, "opcua twin: BUILTIN_TYPES changed");
         goto done;
@@ -2840,5 +2879,6 @@ done:
     Py_XDECREF(info);
     Py_XDECREF(bodies);
     Py_XDECREF(builtins);
+    Py_XDECREF(singles);
     return rc;
 }

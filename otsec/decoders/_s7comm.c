@@ -2012,6 +2012,17 @@ otsec_s7comm_frame(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos)
     return avail >= length ? length : 0;
 }
 
+/* The twin of s7comm.probe where the TPKT header already refuses (most traffic that is
+ * not S7: other TPKT users such as RDP, and everything else); a TPKT with room for a
+ * COTP header is left to the Python probe (COTP parameters, S7comm-plus starts). */
+int
+otsec_s7comm_probe(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos)
+{
+    if (pos < 0 || len - pos < TPKT_HEADER_LEN + 2 || buf[pos] != TPKT_VERSION || buf[pos + 1])
+        return 0;
+    return ((buf[pos + 2] << 8) | buf[pos + 3]) < TPKT_MIN_LEN ? 0 : OTSEC_PROBE_UNSURE;
+}
+
 int
 otsec_s7comm_init(void)
 {

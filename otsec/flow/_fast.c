@@ -51,12 +51,13 @@ static PyObject *py_detect, *py_port_maps;
 static struct {
     const char *module;
     cdecode_fn twin;
-    cframe_fn frame_twin;   /* NULL: frame() stays in Python */
-    PyObject *decode, *frame;
+    cframe_fn frame_twin;
+    cprobe_fn probe_twin;
+    PyObject *decode, *frame, *probe;
 } TWINS[] = {
-    {"otsec.decoders.modbus", otsec_modbus_decode, otsec_modbus_frame, NULL, NULL},
-    {"otsec.decoders.s7comm", otsec_s7comm_decode, otsec_s7comm_frame, NULL, NULL},
-    {"otsec.decoders.opcua", otsec_opcua_decode, otsec_opcua_frame, NULL, NULL},
+    {"otsec.decoders.modbus", otsec_modbus_decode, otsec_modbus_frame, otsec_modbus_probe},
+    {"otsec.decoders.s7comm", otsec_s7comm_decode, otsec_s7comm_frame, otsec_s7comm_probe},
+    {"otsec.decoders.opcua", otsec_opcua_decode, otsec_opcua_frame, otsec_opcua_probe},
 };
 #define N_TWINS (sizeof(TWINS) / sizeof(TWINS[0]))
 static PyObject *EMPTY_BYTES;
@@ -626,6 +627,23 @@ call_probe(PyObject *probe, PyObject *buf, Py_ssize_t pos)
     return t;
 }
 
+/* A decoder's probe(buf, pos): its compiled twin where it has one that decides, else the
+ * Python function. 1/0, -1 on a Python error. */
+static int
+probe_at(PyObject *probe, PyObject *buf, Py_ssize_t pos)
+{
+    for (size_t k = 0; k < N_TWINS && PyBytes_CheckExact(buf); k++) {
+        if (TWINS[k].probe != probe)
+            continue;
+        int r = TWINS[k].probe_twin((const unsigned char *)PyBytes_AS_STRING(buf),
+                                    PyBytes_GET_SIZE(buf), pos);
+        if (r != OTSEC_PROBE_UNSURE)
+            return r;
+        break;
+    }
+    return call_probe(probe, buf, pos);
+}
+
 /* --- events counted by key (FlowTable.fold_by) ------------------------------------------
  * An aggregator such as the analyze summary reads a few fields of each event and adds it
  * to counters. Events that agree on those fields are counted here instead, one dict lookup
@@ -819,7 +837,7 @@ session_find_start(Session *ss, PyObject *buf, Py_ssize_t pos)
 {
     Py_ssize_t len = PyBytes_GET_SIZE(buf);
     for (Py_ssize_t p = pos; p < len; p++) {
-        int t = call_probe(ss->probe, buf, p);
+        int t = probe_at(ss->probe, buf, p);
         if (t < 0)
             return -2;
         if (t)
@@ -1403,6 +1421,55 @@ held_clear(Conn *c, int i)
     return 0;
 }
 
+/* table.detect for its common answers, with the probes' twins: a decoder registered on the
+ * connection's ports whose probe passes, or False when no decoder's probe passes at all.
+ * When a decoder's probe passes off its ports, table.detect decides (it frames and
+ * trial-decodes). A new reference: the decoder, True or False; NULL on error. */
+static PyObject *
+detect(FlowTableObject *self, Conn *c, PyObject *data, int from_client)
+{
+    PyObject *on_port[2] = {PyDict_GetItemWithError(self->by_port, c->server_port),
+                            PyDict_GetItemWithError(self->by_port, c->client_port)};
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *args[5] = {self->decoders, self->by_port, c->flow, data, from_client ? Py_True : Py_False};
+    if ((on_port[0] && !PyList_CheckExact(on_port[0])) || (on_port[1] && !PyList_CheckExact(on_port[1])) ||
+        !PyTuple_CheckExact(self->decoders) || !PyBytes_CheckExact(data))
+        return PyObject_Vectorcall(py_detect, args, 5, NULL);
+    for (int i = 0; i < 2; i++) {
+        for (Py_ssize_t k = 0; on_port[i] && k < PyList_GET_SIZE(on_port[i]); k++) {
+            PyObject *dec = PyList_GET_ITEM(on_port[i], k);
+            PyObject *probe = PyObject_GetAttr(dec, S_probe);
+            if (probe == NULL)
+                return NULL;
+            /* offset 1 too: a connection picked up mid-stream may begin with a keep-alive byte */
+            int r = probe_at(probe, data, 0);
+            if (r == 0 && PyBytes_GET_SIZE(data) > 1)
+                r = probe_at(probe, data, 1);
+            Py_DECREF(probe);
+            if (r)
+                return r < 0 ? NULL : Py_NewRef(dec);
+        }
+    }
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(self->decoders); k++) {
+        PyObject *dec = PyTuple_GET_ITEM(self->decoders, k);
+        int listed = 0;
+        for (int i = 0; i < 2 && !listed; i++)
+            if (on_port[i] && (listed = PySequence_Contains(on_port[i], dec)) < 0)
+                return NULL;
+        if (listed)
+            continue;
+        PyObject *probe = PyObject_GetAttr(dec, S_probe);
+        if (probe == NULL)
+            return NULL;
+        int r = probe_at(probe, data, 0);
+        Py_DECREF(probe);
+        if (r)
+            return r < 0 ? NULL : PyObject_Vectorcall(py_detect, args, 5, NULL);
+    }
+    return Py_NewRef(Py_False);
+}
+
 /* _await_detection: collect a direction's first bytes until a decoder recognises them.
  * Returns 1 with *out_data and *out_bounds (the bytes to decode, their segments) once a
  * decoder is attached, 0 when nothing is to be decoded yet, -1 on error. */
@@ -1452,8 +1519,7 @@ await_detection(FlowTableObject *self, Conn *c, int from_client, PyObject *data,
         all = data;
         Py_INCREF(all);
     }
-    PyObject *args[5] = {self->decoders, self->by_port, c->flow, all, from_client ? Py_True : Py_False};
-    PyObject *found = PyObject_Vectorcall(py_detect, args, 5, NULL);
+    PyObject *found = detect(self, c, all, from_client);
     if (found == NULL) {
         Py_DECREF(all);
         goto fail;
@@ -2631,31 +2697,56 @@ call_cdecode(cdecode_fn fn, PyObject *const *args, Py_ssize_t nargs)
     return fn(args[0], from_client, args[2]);
 }
 
+/* The (buf, pos) arguments of a frame or probe twin called from Python: 0, or -1. */
+static int
+buf_pos_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t *pos)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "expected (buf: bytes, pos: int)");
+        return -1;
+    }
+    *pos = PyLong_AsSsize_t(args[1]);
+    if (*pos == -1 && PyErr_Occurred())
+        return -1;
+    if (*pos < 0) {
+        PyErr_SetString(PyExc_ValueError, "pos must not be negative");
+        return -1;
+    }
+    return 0;
+}
+
 /* frame_<name>(buf, pos): a frame twin called from Python, for the tests. */
 static PyObject *
 call_cframe(cframe_fn fn, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "frame(buf: bytes, pos: int)");
+    Py_ssize_t pos;
+    if (buf_pos_args(args, nargs, &pos) < 0)
         return NULL;
-    }
-    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
-    if (pos == -1 && PyErr_Occurred())
-        return NULL;
-    if (pos < 0) {
-        PyErr_SetString(PyExc_ValueError, "frame: pos must not be negative");
-        return NULL;
-    }
     return PyLong_FromSsize_t(fn((const unsigned char *)PyBytes_AS_STRING(args[0]),
                                  PyBytes_GET_SIZE(args[0]), pos));
 }
 
-/* frame_<name>(buf, pos) and decode_<name>(msg, from_client, state): each twin called from
- * Python, for the tests that compare it with its Python original. */
+/* probe_<name>(buf, pos): True, False, or None where the twin leaves it to Python. */
+static PyObject *
+call_cprobe(cprobe_fn fn, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t pos;
+    if (buf_pos_args(args, nargs, &pos) < 0)
+        return NULL;
+    int r = fn((const unsigned char *)PyBytes_AS_STRING(args[0]), PyBytes_GET_SIZE(args[0]), pos);
+    return r == OTSEC_PROBE_UNSURE ? Py_NewRef(Py_None) : PyBool_FromLong(r);
+}
+
+/* frame_<name>(buf, pos), probe_<name>(buf, pos) and decode_<name>(msg, from_client, state):
+ * each twin called from Python, for the tests that compare it with its Python original. */
 #define TWIN_WRAPPERS(name)                                                               \
     static PyObject *py_frame_##name(PyObject *m, PyObject *const *args, Py_ssize_t nargs) \
     {                                                                                     \
         return call_cframe(otsec_##name##_frame, args, nargs);                            \
+    }                                                                                     \
+    static PyObject *py_probe_##name(PyObject *m, PyObject *const *args, Py_ssize_t nargs) \
+    {                                                                                     \
+        return call_cprobe(otsec_##name##_probe, args, nargs);                            \
     }                                                                                     \
     static PyObject *py_decode_##name(PyObject *m, PyObject *const *args, Py_ssize_t nargs) \
     {                                                                                     \
@@ -2668,6 +2759,8 @@ TWIN_WRAPPERS(opcua)
 #define TWIN_METHODS(name)                                                                \
     {"frame_" #name, (PyCFunction)(void (*)(void))py_frame_##name, METH_FASTCALL,          \
      "the compiled twin of otsec.decoders." #name ".frame"},                               \
+    {"probe_" #name, (PyCFunction)(void (*)(void))py_probe_##name, METH_FASTCALL,          \
+     "the compiled twin of otsec.decoders." #name ".probe (None: left to it)"},            \
     {"decode_" #name, (PyCFunction)(void (*)(void))py_decode_##name, METH_FASTCALL,        \
      "the compiled twin of otsec.decoders." #name ".decode (NotImplemented: not covered)"}
 
@@ -2762,8 +2855,9 @@ load_python_side(void)
             goto done;
         TWINS[k].decode = PyObject_GetAttrString(mod, "decode");
         TWINS[k].frame = PyObject_GetAttrString(mod, "frame");
+        TWINS[k].probe = PyObject_GetAttrString(mod, "probe");
         Py_DECREF(mod);
-        if (TWINS[k].decode == NULL || TWINS[k].frame == NULL)
+        if (TWINS[k].decode == NULL || TWINS[k].frame == NULL || TWINS[k].probe == NULL)
             goto done;
     }
     if (new_flow_init(table) < 0 ||
