@@ -225,7 +225,7 @@ def test_the_json_summary_is_written_as_it_is_encoded(monkeypatch):
             writes.append(len(text))
             return super().write(text)
 
-    monkeypatch.setattr(cli_main, "JSON_PIECES_PER_WRITE", 50)
+    monkeypatch.setattr(cli_main, "JSON_PIECES_PER_WRITE", 10)
     out = Out()
     cli_main._write_json(document, out)
     assert out.getvalue() == json.dumps(document, indent=2, default=str) + "\n"

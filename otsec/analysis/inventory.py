@@ -12,11 +12,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from netaddr import EUI, NotRegisteredError
-from netaddr.core import AddrFormatError
-
 from otsec.analysis.sides import sent_by_client
 from otsec.model import Event, Flow, FoldKey
+from otsec.analysis.vendors import mac_vendor
 
 #: Protocols whose server side is a controller (PLC/RTU) rather than a general server.
 CONTROLLER_PROTOCOLS = frozenset({"modbus", "s7comm", "s7comm-plus"})
@@ -34,16 +32,6 @@ SCANNER_MIN_REQUESTS = 5
 VIRTUAL_ROUTER_PREFIXES = ("00:00:5e:00:01:", "00:00:5e:00:02:", "00:00:0c:07:ac:", "00:00:0c:9f:f")
 #: A MAC seen for more IP addresses than this belongs to a router, not to those hosts.
 MAX_IPS_PER_HOST_MAC = 2
-
-
-def mac_vendor(mac: str | None) -> str | None:
-    """Organisation registered for the MAC's OUI (IEEE registry shipped with netaddr)."""
-    if not mac:
-        return None
-    try:
-        return EUI(mac).oui.registration().org.strip().rstrip(",")
-    except (NotRegisteredError, AddrFormatError, IndexError, ValueError):
-        return None
 
 
 @dataclass

@@ -7,19 +7,39 @@ never a traceback; a damaged capture is a warning after the partial results.
 from __future__ import annotations
 
 import sys
+from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from otsec.capture import CaptureError, CaptureReader
 from otsec.engine import EngineConfig, WorkerError, analyze, reduce
 from otsec.model import Event, Flow
 from otsec.paths import unwritable
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class LazyConsole:
+    """A rich Console made on first use: a command that prints nothing through it
+    (``analyze --format json``) does not pay for importing rich."""
+
+    def __init__(self, **options):
+        self._options = options
+
+    @cached_property
+    def real(self) -> Console:
+        from rich.console import Console
+
+        return Console(**self._options)
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+err = LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 
 #: Inputs above this size get a progress bar (when stderr is a terminal).
 PROGRESS_MIN_BYTES = 16 * 1024 * 1024
@@ -119,10 +139,12 @@ class _Progress:
     def __init__(self, paths: list[Path], enabled: bool):
         total = sum(p.stat().st_size for p in paths)
         self.bar = None
-        if enabled and err.is_terminal and total >= PROGRESS_MIN_BYTES:
+        if enabled and total >= PROGRESS_MIN_BYTES and err.is_terminal:
+            from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
             self.bar = Progress("[progress.description]{task.description}", BarColumn(),
                                 DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                                console=err, transient=True)
+                                console=err.real, transient=True)
             self.task = self.bar.add_task("decoding", total=total)
             self.done = 0
 

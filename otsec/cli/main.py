@@ -4,6 +4,8 @@ Exit codes: 0 success; 1 the input was damaged (partial results were still repor
 for ``check``, a finding at or above ``--fail-on``; 2 usage, input or policy errors;
 3 an internal error (a bug: one line, OTSEC_DEBUG=1 shows the traceback) or a --jobs worker
 that was killed; 130 interrupted (SIGINT), 143 terminated (SIGTERM), 141 stdout's reader left.
+What only one command or output needs is imported when it runs: the fixed cost of every
+run stays small (tests/test_cli_startup_imports.py).
 """
 
 from __future__ import annotations
@@ -18,10 +20,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
 from otsec import __version__
-from otsec.analysis.inventory import Summary
 from otsec.cli.check import baseline_app, check, policy_app
 from otsec.cli.report import report
 from otsec.cli.sensor import sensor
@@ -29,7 +29,7 @@ from otsec.cli.common import (check_inputs, check_output, err, fail, open_databa
                               run_engine)
 from otsec.engine import EngineConfig
 from otsec.model import Event
-from otsec.report.console import render_summary
+from otsec.report.indented_json import write_indented
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="OT network security monitor and segmentation auditor.")
@@ -57,6 +57,8 @@ def analyze(
     max_flows: int = typer.Option(EngineConfig.max_flows, "--max-flows", min=100, metavar="N", help="connections tracked at once, per --jobs process (memory bound; beyond it the least recently active are retired)"),
 ) -> None:
     """Decode Modbus/TCP, S7comm/S7comm-plus and OPC UA in captures and summarise what talks to what."""
+    from otsec.analysis.inventory import Summary
+
     if output_format not in ("table", "json"):
         raise fail(f"--format {output_format!r}: expected table or json")
     check_inputs(captures)
@@ -113,6 +115,10 @@ def analyze(
     if output_format == "json":
         _write_json(document, sys.stdout)
     else:
+        from rich.console import Console
+
+        from otsec.report.console import render_summary
+
         to_stderr = json_out is not None and str(json_out) == "-"  # stdout carries the JSON lines
         out_console = Console(highlight=False, stderr=to_stderr)
         if not out_console.is_terminal:
@@ -122,21 +128,16 @@ def analyze(
         raise typer.Exit(1)
 
 
-#: Pieces of encoded JSON joined per write: few writes, and never the whole document's
-#: pieces in one list (json.dumps with an indent lists them all: ~40 MiB on 2M packets).
-JSON_PIECES_PER_WRITE = 8192
+#: Pieces of encoded JSON joined per write (a line or a small object each: ~30 KiB per
+#: write on the benchmark): few writes, and never the whole document's pieces in one
+#: list (json.dumps with an indent lists them all: ~40 MiB on 2M packets).
+JSON_PIECES_PER_WRITE = 1024
 
 
 def _write_json(document: dict, out) -> None:
     """``print(json.dumps(document, indent=2, default=str))``, written as it is encoded."""
-    pieces: list[str] = []
-    for piece in json.JSONEncoder(indent=2, default=str).iterencode(document):
-        pieces.append(piece)
-        if len(pieces) >= JSON_PIECES_PER_WRITE:
-            out.write("".join(pieces))
-            pieces.clear()
-    pieces.append("\n")
-    out.write("".join(pieces))
+    write_indented(document, out.write, JSON_PIECES_PER_WRITE)
+    out.write("\n")
 
 
 def version_callback(value: bool) -> None:

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from otsec.cli.common import (check_inputs, check_output, err, fail, load_policy_or_exit, open_database,
                                report_damage, run_engine, warn, write_output)
-from otsec.detect.checker import Checker
-from otsec.policy.model import Policy
+
+if TYPE_CHECKING:
+    from otsec.policy.model import Policy
 
 FORMATS = ("html", "md", "json")
 
@@ -29,6 +29,7 @@ def _store(db, paths: list[Path], policy: Policy, baseline, policy_file: Path) -
     """Analyse ``paths`` into ``db`` as ``otsec analyze --db`` does, and store their
     findings as ``otsec check --db`` does; returns the captures' ids and whether one was
     damaged (already warned)."""
+    from otsec.detect.checker import Checker
     from otsec.store import detect_store
     from otsec.store.db import CaptureSet
 
@@ -58,6 +59,8 @@ def report(
     baseline_db: Optional[Path] = typer.Option(None, "--baseline", help="Baseline database (default: the baseline stored in --db, if any)."),
 ) -> None:
     """Assess the site against the NCSC secure connectivity principles for OT."""
+    import sqlite3
+
     from otsec.report import compliance, diagram, html, markdown, source
     from otsec.store import detect_store
     from otsec.store.db import StoreError, open_db

@@ -8,7 +8,6 @@ runnable as ``python -m otsec.cli.sensor``.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -49,6 +48,8 @@ def sensor(
 ) -> None:
     """Monitor continuously: policy checks from the first packet, baseline learning, findings to SQLite/JSON/syslog."""
     # imported here so that the other commands do not pay for the sensor's start-up
+    import logging
+
     from otsec.policy.loader import PolicyError
     from otsec.sensor.outputs import OutputError
     from otsec.sensor.runner import MODES, Sensor, SensorConfig, parse_duration

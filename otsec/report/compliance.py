@@ -26,13 +26,14 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from otsec.analysis.inventory import Summary, mac_vendor
+from otsec.analysis.inventory import Summary
 from otsec.analysis.sides import sides
 from otsec.detect.baseline import Baseline
 from otsec.detect.checker import Checker
 from otsec.model import Event, Flow
 from otsec.policy.model import Conduit, Located, Policy, Zone, protocol_name
 from otsec.report import source
+from otsec.analysis.vendors import mac_vendor
 from otsec.report.wording import count
 
 SCHEMA_ID = "otsec-compliance-report/1"

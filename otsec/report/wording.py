@@ -11,8 +11,10 @@ CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\
 
 
 def one_line(text: Any) -> str:
-    """``text`` with control characters as escapes (``\\n``, ``\\x1b``): one line, always."""
-    return CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], str(text))
+    """``text`` with control characters as escapes (``\\n``, ``\\x1b``): one line, always.
+    (Every CONTROL_CHARS character is unprintable: printable text is returned unscanned.)"""
+    text = str(text)
+    return text if text.isprintable() else CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def count(n: int, noun: str, plural: str | None = None) -> str:
