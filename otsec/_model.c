@@ -26,7 +26,7 @@ typedef struct {
 } Layout;
 
 static Layout event_layout, target_layout, flow_layout;
-PyTypeObject *otsec_Event, *otsec_Target, *otsec_Flow;
+PyTypeObject *otsec_Event, *otsec_Target;
 Py_ssize_t otsec_event_offset[EV_FIELDS], otsec_flow_offset[FL_FIELDS];
 
 static const char *const event_names[EV_FIELDS] = {
@@ -148,25 +148,13 @@ otsec_target_new(PyObject *const *args, int nargs)
     return layout_new(&target_layout, args, nargs, 0);
 }
 
-static int
-field_index(const char *const *names, int count, PyObject *name)
-{
-    for (int i = 0; i < count; i++)
-        if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, names[i]) == 0)
-            return i;
-    return -1;
-}
-
 int
 otsec_event_field_index(PyObject *name)
 {
-    return field_index(event_names, EV_FIELDS, name);
-}
-
-int
-otsec_flow_field_index(PyObject *name)
-{
-    return field_index(flow_names, FL_FIELDS, name);
+    for (int i = 0; i < EV_FIELDS; i++)
+        if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, event_names[i]) == 0)
+            return i;
+    return -1;
 }
 
 int
@@ -182,7 +170,6 @@ otsec_model_init(void)
     if (rc == 0) {
         otsec_Event = event_layout.type;
         otsec_Target = target_layout.type;
-        otsec_Flow = flow_layout.type;
         memcpy(otsec_event_offset, event_layout.offset, sizeof otsec_event_offset);
         memcpy(otsec_flow_offset, flow_layout.offset, sizeof otsec_flow_offset);
     }

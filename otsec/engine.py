@@ -95,26 +95,23 @@ class Engine:
                  on_event: Callable[[Event], None] | None = None,
                  on_flow: Callable[[Flow], None] | None = None, reducer=None):
         """``reducer`` (see :func:`reduce`) is folded every event and flow before the
-        callbacks see them; the compiled flow layer counts events (flows) that agree on the
-        reducer's ``FOLD_KEY`` (``FLOW_FOLD_KEY``), each a :class:`~otsec.model.FoldKey`, and
-        folds each group once with ``add_events`` (``add_flows``)."""
+        callbacks see them; the compiled flow layer counts events that agree on the
+        reducer's ``FOLD_KEY`` (a :class:`~otsec.model.FoldKey`) and folds each group once."""
         self.config = config or EngineConfig()
         self.health = Health()
         compiled = self.config.compiled and CompiledFlowTable is not None
-        event_key = getattr(reducer, "FOLD_KEY", None) if compiled else None
-        flow_key = getattr(reducer, "FLOW_FOLD_KEY", None) if compiled else None
+        fold_key = getattr(reducer, "FOLD_KEY", None) if compiled else None
         if reducer is not None:
-            on_event = _both(None if event_key else reducer.add_event, on_event)
-            on_flow = _both(None if flow_key else reducer.add_flow, on_flow)
+            on_event = _both(None if fold_key else reducer.add_event, on_event)
+            on_flow = _both(reducer.add_flow, on_flow)
         self.table = (CompiledFlowTable if compiled else FlowTable)(
             self.config.decoders, self.config.ports, on_event or _ignore, on_flow or _ignore,
             self.health, max_flows=self.config.max_flows,
             tcp_idle=self.config.tcp_idle_timeout, udp_idle=self.config.udp_idle_timeout,
             shard=self.config.shard)
-        for kind, key, fold in (("events", event_key, getattr(reducer, "add_events", None)),
-                                ("flows", flow_key, getattr(reducer, "add_flows", None))):
-            if key:
-                self.table.fold_by(kind, key.fields, key.detail, key.only_without, fold, FOLD_GROUPS)
+        if fold_key:
+            self.table.fold_by(fold_key.fields, fold_key.detail, fold_key.only_without,
+                               reducer.add_events, FOLD_GROUPS)
         self.packets = 0
         self.bytes = 0
         self.skipped: dict[str, int] = {}

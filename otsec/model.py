@@ -149,16 +149,16 @@ class Flow:
 
 
 class FoldKey(NamedTuple):
-    """What an aggregator reads of an event (a flow), so that events (flows) agreeing on it
-    can be counted together and folded once, ``add_events(event, n)`` (``add_flows``), by
-    the compiled flow layer.
+    """What an aggregator reads of an event, so that events agreeing on it can be counted
+    together and folded once (``add_events(event, n)``) by the compiled flow layer.
 
-    An aggregator that declares one promises that a fold of ``n`` does what ``n`` folds of
-    one would, that the order of its folds does not matter, and that it reads nothing of
-    an item beyond these fields: the item it is handed for a group carries only them.
+    An aggregator that declares one promises that ``add_events(e, n)`` does what ``n``
+    calls of ``add_events(e, 1)`` would, that the order of its folds does not matter, and
+    that it reads nothing of an event beyond these fields: the event it is handed for a
+    group carries only them.
     """
 
-    fields: tuple[str, ...]             # Event (Flow) fields
+    fields: tuple[str, ...]             # Event fields
     detail: tuple[str, ...] = ()        # entries of Event.detail
     #: events with any of these fields set (non-empty) are folded one by one, as they are
     only_without: tuple[str, ...] = ()

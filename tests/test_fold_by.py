@@ -1,11 +1,11 @@
-"""Events and flows counted by key in the compiled flow layer (FlowTable.fold_by) fold
-into the analyze summary exactly as one by one.
+"""Events counted by key in the compiled flow layer (FlowTable.fold_by) fold into the
+analyze summary exactly as one by one.
 
 The compiled table hands the summary one stand-in event per group of events that agree on
-``Summary.FOLD_KEY`` with the group's size (flows: ``FLOW_FOLD_KEY``). That is only right
-while ``add_events``/``add_flows`` read nothing else, and while n at once count as n one
-by one: both are checked here, then the whole summary of the compiled engine (groups,
-tiny batches, ``--jobs``) against the Python engine, which folds item by item.
+``Summary.FOLD_KEY`` with the group's size. That is only right while ``add_events`` reads
+nothing else of an event, and while n events at once count as n events one by one: both
+are checked here, then the whole summary of the compiled engine (groups, tiny batches,
+``--jobs``) against the Python engine, which folds event by event.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def report(summary: Summary, stats: dict) -> str:
 # --- the summary reads only its fold key ----------------------------------------------------
 
 class Reading:
-    """An event or flow that records which of its fields and detail entries are read."""
+    """An event that records which fields and detail entries are read of it."""
 
     def __init__(self, event: Event):
         object.__setattr__(self, "_event", event)
@@ -87,30 +87,16 @@ def test_add_events_reads_only_the_fold_key():
     assert grouped > len(events) // 2
 
 
-def test_add_flows_reads_only_the_flow_fold_key():
-    flows = [f for path in EXAMPLES for f in collect([path], EngineConfig(compiled=False)).flows]
-    assert len(flows) > 20
-    for flow in flows:
-        reading = Reading(flow)
-        Summary().add_flows(reading, 1)
-        assert reading.fields <= set(Summary.FLOW_FOLD_KEY.fields), flow
-
-
 def test_n_events_at_once_count_as_n_one_by_one():
     events = example_events()
-    flows = [f for path in EXAMPLES for f in collect([path], EngineConfig(compiled=False)).flows]
     once, singly = Summary(), Summary()
     for ev in events:
         once.add_events(ev, 3)
         for _ in range(3):
             singly.add_event(ev)
-    for flow in flows:
-        once.add_flows(flow, 2)
-        singly.add_flow(flow)
-        singly.add_flow(flow)
     stats = {"packets": 0}
     assert report(once, stats) == report(singly, stats)
-    assert once.events == 3 * len(events) and once.flows == 2 * len(flows)
+    assert once.events == 3 * len(events)
 
 
 # --- the compiled engine's summary equals the one folded event by event ---------------------
@@ -162,7 +148,7 @@ def toy_table(folds: list, on_event=None, **fold):
     table = table_class((SIZED_TOY,), {}, on_event or (lambda ev: None), lambda flow: None, Health())
     spec = {"fields": ("function", "src_ip"), "detail": (), "only_without": ("anomalies",),
             "limit": 100, **fold}
-    table.fold_by("events", spec["fields"], spec["detail"], spec["only_without"],
+    table.fold_by(spec["fields"], spec["detail"], spec["only_without"],
                   lambda ev, n: folds.append((ev, n)), spec["limit"])
     return table
 
@@ -222,20 +208,16 @@ def test_detail_entries_in_the_key_and_absent_ones_stay_absent():
 def test_fold_by_refuses_what_it_cannot_do():
     folds: list = []
     table = toy_table(folds)
-    with pytest.raises(RuntimeError, match="events are already folded"):
-        table.fold_by("events", ("function",), (), (), lambda ev, n: None, 10)
+    with pytest.raises(RuntimeError, match="already folded"):
+        table.fold_by(("function",), (), (), lambda ev, n: None, 10)
     table_class = require_compiled()
     fresh = table_class((SIZED_TOY,), {}, lambda ev: None, lambda flow: None, Health())
-    with pytest.raises(ValueError, match="'colour' is not a field of the events"):
-        fresh.fold_by("events", ("function", "colour"), (), (), lambda ev, n: None, 10)
-    with pytest.raises(ValueError, match="'function' is not a field of the flows"):
-        fresh.fold_by("flows", ("function",), (), (), lambda ev, n: None, 10)
-    for wrong in (("events", ("function",), (), (), lambda ev, n: None, 0),
-                  ("events", ("function",), ["detail must be a tuple"], (), lambda ev, n: None, 10),
-                  ("flows", ("app",), ("flows have no detail",), (), lambda ev, n: None, 10),
-                  ("packets", ("app",), (), (), lambda ev, n: None, 10)):
-        with pytest.raises(TypeError, match="fold_by"):
-            fresh.fold_by(*wrong)
+    with pytest.raises(ValueError, match="'colour' is not a field of model.Event"):
+        fresh.fold_by(("function", "colour"), (), (), lambda ev, n: None, 10)
+    with pytest.raises(TypeError, match="fold_by"):
+        fresh.fold_by(("function",), (), (), lambda ev, n: None, 0)
+    with pytest.raises(TypeError, match="fold_by"):
+        fresh.fold_by(("function",), ["detail must be a tuple"], (), lambda ev, n: None, 10)
 
 
 def test_an_error_in_the_fold_comes_out_of_finish():
@@ -244,7 +226,7 @@ def test_an_error_in_the_fold_comes_out_of_finish():
 
     table_class = require_compiled()
     table = table_class((SIZED_TOY,), {}, lambda ev: None, lambda flow: None, Health())
-    table.fold_by("events", ("function",), (), (), fold, 10)
+    table.fold_by(("function",), (), (), fold, 10)
     toy_packets(table, msg(b"q", 1, b"a"))
     with pytest.raises(KeyError, match="aggregator bug"):
         table.finish()
@@ -256,10 +238,8 @@ def test_the_engine_folds_by_key_only_on_the_compiled_layer():
     class Counting:
         FOLD_KEY = Summary.FOLD_KEY
 
-        FLOW_FOLD_KEY = Summary.FLOW_FOLD_KEY
-
         def __init__(self):
-            self.calls = self.events = self.flows = 0
+            self.calls = self.events = 0
 
         def add_event(self, ev):
             self.add_events(ev, 1)
@@ -269,10 +249,7 @@ def test_the_engine_folds_by_key_only_on_the_compiled_layer():
             self.events += n
 
         def add_flow(self, flow):
-            self.flows += 1
-
-        def add_flows(self, flow, n):
-            self.flows += n
+            pass
 
     path = next(p for p in EXAMPLES if "normal" in p.name)
     compiled, python = Counting(), Counting()
@@ -282,4 +259,3 @@ def test_the_engine_folds_by_key_only_on_the_compiled_layer():
         engine.finish()
     assert compiled.events == python.events == python.calls
     assert compiled.calls < python.calls / 2
-    assert compiled.flows == python.flows > 0

@@ -92,13 +92,11 @@ class Host:
 class Summary:
     """Streaming aggregation of events and flows into the analyze report."""
 
-    #: Everything add_events reads of an event and add_flows of a flow (see FoldKey; a
-    #: test holds them to that).
+    #: Everything add_events reads of an event (see FoldKey; a test holds it to that).
     FOLD_KEY = FoldKey(
         fields=("protocol", "kind", "function", "function_code", "op_class", "result",
                 "src_ip", "src_port", "src_mac", "dst_ip", "dst_port"),
         detail=("security_mode",), only_without=("identity", "anomalies"))
-    FLOW_FOLD_KEY = FoldKey(fields=("app", "client_ip", "client_mac", "server_ip", "server_mac"))
 
     def __init__(self) -> None:
         self.hosts: dict[str, Host] = {}
@@ -163,17 +161,13 @@ class Summary:
                 self.security[f"opcua {mode}"] += n
 
     def add_flow(self, flow: Flow) -> None:
-        self.add_flows(flow, 1)
-
-    def add_flows(self, flow: Flow, n: int) -> None:
-        """Count ``n`` connections like ``flow`` for their application and hosts."""
-        self.flows += n
-        self.apps[flow.app] += n
+        self.flows += 1
+        self.apps[flow.app] += 1
         for ip, mac in ((flow.client_ip, flow.client_mac), (flow.server_ip, flow.server_mac)):
             if _group_address(ip):
                 continue  # multicast/broadcast destinations are not hosts
             host = self.host(ip)
-            host.flows += n
+            host.flows += 1
             if mac:
                 host.macs.add(mac)
 

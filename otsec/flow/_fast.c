@@ -644,35 +644,18 @@ probe_at(PyObject *probe, PyObject *buf, Py_ssize_t pos)
     return call_probe(probe, buf, pos);
 }
 
-/* --- events and flows counted by key (FlowTable.fold_by) -------------------------------
- * An aggregator such as the analyze summary reads a few fields of each event (flow) and
- * adds it to counters. Items that agree on those fields are counted here instead, one dict
- * lookup on a tuple of the field values, and each group is handed to the aggregator once
- * as fold(item, n), with a stand-in that carries only those fields. The aggregator promises
- * that fold(x, n) equals n calls of fold(x, 1) and that the order of folds does not matter
- * (see otsec.model.FoldKey). An item whose "only_without" fields are set, or that is not of
- * the model class, is folded at once, alone. */
+/* --- events counted by key (FlowTable.fold_by) ------------------------------------------
+ * An aggregator such as the analyze summary reads a few fields of each event and adds it
+ * to counters. Events that agree on those fields are counted here instead, one dict lookup
+ * on a tuple of the field values, and each group is handed to the aggregator once as
+ * fold(event, n), with an event that carries only those fields. The aggregator promises
+ * that fold(e, n) equals n calls of its per-event fold and that the order of folds does
+ * not matter (see otsec.model.FoldKey). An event whose "only_without" fields are set, or
+ * that is not a model.Event, is folded at once, alone. */
 typedef struct {
-    const char *what;           /* "events" or "flows" */
-    PyTypeObject **type;        /* the model class */
-    const Py_ssize_t *offset;   /* its fields' slots, by field index */
-    int detail;                 /* the index of its detail dict, or -1 */
-    PyObject *(*blank)(void);
-    int (*field_index)(PyObject *name);
-} FoldClass;
-
-static const FoldClass FOLD_EVENTS = {"events", &otsec_Event, otsec_event_offset, EV_DETAIL,
-                                      otsec_event_blank, otsec_event_field_index};
-static const FoldClass FOLD_FLOWS = {"flows", &otsec_Flow, otsec_flow_offset, -1,
-                                     otsec_flow_blank, otsec_flow_field_index};
-
-#define MAX_FOLD_FIELDS 32
-
-typedef struct {
-    const FoldClass *cls;
-    PyObject *fold;             /* fold(item, n); NULL: items are not counted here */
-    int fields[MAX_FOLD_FIELDS], nfields;
-    int unless[MAX_FOLD_FIELDS], nunless;
+    PyObject *fold;             /* fold(event, n); NULL: events are not counted here */
+    int fields[EV_FIELDS], nfields;
+    int unless[EV_FIELDS], nunless;
     PyObject *detail_keys;      /* tuple: detail entries that are part of the key */
     PyObject *absent;           /* stands in the key for a detail entry not there */
     PyObject *slot_of;          /* key tuple -> its slot (int) */
@@ -681,43 +664,37 @@ typedef struct {
     Py_ssize_t used, limit;
 } Fold;
 
-static inline PyObject **
-fold_field(const Fold *f, PyObject *item, int field)
-{
-    return (PyObject **)((char *)item + f->cls->offset[field]);
-}
-
 static int
-fold_call(Fold *f, PyObject *item, long long n)
+fold_call(Fold *f, PyObject *event, long long n)
 {
     PyObject *count = PyLong_FromLongLong(n);
     if (count == NULL)
         return -1;
-    PyObject *args[2] = {item, count};
+    PyObject *args[2] = {event, count};
     PyObject *r = PyObject_Vectorcall(f->fold, args, 2, NULL);
     Py_DECREF(count);
     Py_XDECREF(r);
     return r == NULL ? -1 : 0;
 }
 
-/* The item standing for a group: only the key's fields set. */
+/* The event standing for a group: only the key's fields set. */
 static PyObject *
 fold_stand_in(Fold *f, PyObject *key)
 {
-    PyObject *item = f->cls->blank();
-    if (item == NULL)
+    PyObject *ev = otsec_event_blank();
+    if (ev == NULL)
         return NULL;
     for (int i = 0; i < f->nfields; i++)
-        Py_XSETREF(*fold_field(f, item, f->fields[i]), Py_NewRef(PyTuple_GET_ITEM(key, i)));
+        Py_XSETREF(*otsec_event_field(ev, f->fields[i]), Py_NewRef(PyTuple_GET_ITEM(key, i)));
+    PyObject *detail = *otsec_event_field(ev, EV_DETAIL);
     for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(f->detail_keys); k++) {
         PyObject *v = PyTuple_GET_ITEM(key, f->nfields + k);
-        if (v != f->absent &&
-            PyDict_SetItem(*fold_field(f, item, f->cls->detail), PyTuple_GET_ITEM(f->detail_keys, k), v) < 0) {
-            Py_DECREF(item);
+        if (v != f->absent && PyDict_SetItem(detail, PyTuple_GET_ITEM(f->detail_keys, k), v) < 0) {
+            Py_DECREF(ev);
             return NULL;
         }
     }
-    return item;
+    return ev;
 }
 
 /* Hand every group counted so far to the aggregator and start afresh (also on error). */
@@ -729,9 +706,9 @@ fold_flush(Fold *f)
     f->used = 0;
     for (Py_ssize_t i = 0; i < used; i++) {
         if (rc == 0) {
-            PyObject *item = fold_stand_in(f, f->keys[i]);
-            rc = item == NULL ? -1 : fold_call(f, item, f->counts[i]);
-            Py_XDECREF(item);
+            PyObject *ev = fold_stand_in(f, f->keys[i]);
+            rc = ev == NULL ? -1 : fold_call(f, ev, f->counts[i]);
+            Py_XDECREF(ev);
         }
         Py_CLEAR(f->keys[i]);
     }
@@ -756,29 +733,29 @@ fold_clear(Fold *f)
     f->counts = NULL;
 }
 
-/* The key of an item that can be counted (a new tuple), or NULL: fold it alone (error if
- * an exception is set). */
+/* The key of an event that can be counted (a new tuple), or NULL: fold it alone (error
+ * if an exception is set). */
 static PyObject *
-fold_key(Fold *f, PyObject *item)
+fold_key(Fold *f, PyObject *ev)
 {
-    if (!Py_IS_TYPE(item, *f->cls->type))
+    if (!Py_IS_TYPE(ev, otsec_Event))
         return NULL;
     for (int i = 0; i < f->nunless; i++) {
-        PyObject *v = *fold_field(f, item, f->unless[i]);
+        PyObject *v = *otsec_event_field(ev, f->unless[i]);
         int set = v == NULL ? 1 : v == Py_None ? 0 : PyList_CheckExact(v) ? PyList_GET_SIZE(v) > 0
                                                                           : PyObject_IsTrue(v);
         if (set)   /* also -1: an error */
             return NULL;
     }
     Py_ssize_t ndetail = PyTuple_GET_SIZE(f->detail_keys);
-    PyObject *detail = ndetail ? *fold_field(f, item, f->cls->detail) : NULL;
+    PyObject *detail = *otsec_event_field(ev, EV_DETAIL);
     if (ndetail && (detail == NULL || !PyDict_CheckExact(detail)))
         return NULL;
     PyObject *key = PyTuple_New(f->nfields + ndetail);
     if (key == NULL)
         return NULL;
     for (int i = 0; i < f->nfields; i++) {
-        PyObject *v = *fold_field(f, item, f->fields[i]);
+        PyObject *v = *otsec_event_field(ev, f->fields[i]);
         if (v == NULL) {
             Py_DECREF(key);
             return NULL;
@@ -796,13 +773,13 @@ fold_key(Fold *f, PyObject *item)
     return key;
 }
 
-/* Count one item (or fold it at once). */
+/* Count one event (or fold it at once). */
 static int
-fold_item(Fold *f, PyObject *item)
+fold_event(Fold *f, PyObject *ev)
 {
-    PyObject *key = fold_key(f, item);
+    PyObject *key = fold_key(f, ev);
     if (key == NULL)
-        return PyErr_Occurred() ? -1 : fold_call(f, item, 1);
+        return PyErr_Occurred() ? -1 : fold_call(f, ev, 1);
     PyObject *slot = PyDict_GetItemWithError(f->slot_of, key);
     if (slot != NULL) {
         f->counts[PyLong_AsSsize_t(slot)]++;
@@ -825,19 +802,19 @@ fold_item(Fold *f, PyObject *item)
     return 0;
 }
 
-/* The field indices of a sequence of field names. */
+/* The EV_ indices of a sequence of field names. */
 static int
-fold_fields(const FoldClass *cls, PyObject *names, int *out, int *n)
+fold_fields(PyObject *names, int *out, int *n)
 {
     PyObject *seq = PySequence_Fast(names, "fold_by: field names must be a sequence");
     if (seq == NULL)
         return -1;
     *n = 0;
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        int index = cls->field_index(PySequence_Fast_GET_ITEM(seq, i));
-        if (index < 0 || *n == MAX_FOLD_FIELDS) {
-            PyErr_Format(PyExc_ValueError, "fold_by: %R is not a field of the %s",
-                         PySequence_Fast_GET_ITEM(seq, i), cls->what);
+        int index = otsec_event_field_index(PySequence_Fast_GET_ITEM(seq, i));
+        if (index < 0 || *n == EV_FIELDS) {
+            PyErr_Format(PyExc_ValueError, "fold_by: %R is not a field of model.Event",
+                         PySequence_Fast_GET_ITEM(seq, i));
             Py_DECREF(seq);
             return -1;
         }
@@ -888,7 +865,7 @@ struct FlowTableObject {
     size_t nbuckets, nentries;
     struct Conn *graveyard;     /* ended during the current call; freed when it returns */
     int busy;                   /* a call is in progress (see enter()) */
-    Fold fold, flow_fold;      /* events and flows counted by key (fold_by) */
+    Fold fold;
 };
 
 /* health.<name> += n */
@@ -1395,7 +1372,7 @@ emit(FlowTableObject *self, Conn *c, int from_client, PyObject *events)
             session_pair(self, c->session, ev) < 0)
             return -1;
         c->events++;
-        if (self->fold.fold != NULL && fold_item(&self->fold, ev) < 0)
+        if (self->fold.fold != NULL && fold_event(&self->fold, ev) < 0)
             return -1;
         PyObject *r = PyObject_CallOneArg(self->on_event, ev);
         if (r == NULL)
@@ -1703,8 +1680,6 @@ end_conn(FlowTableObject *self, Conn *c)
         return -1;
     Py_INCREF(c->order);
     Py_SETREF(self->emitting, c->order);
-    if (self->flow_fold.fold != NULL && fold_item(&self->flow_fold, c->flow) < 0)
-        return -1;
     PyObject *r = PyObject_CallOneArg(self->on_flow, c->flow);
     if (r == NULL)
         return -1;
@@ -2423,8 +2398,6 @@ table_finish(FlowTableObject *self, PyObject *Py_UNUSED(ignored))
     int rc = retire_all(self, INFINITY);
     if (rc == 0 && self->fold.fold != NULL)
         rc = fold_flush(&self->fold);
-    if (rc == 0 && self->flow_fold.fold != NULL)
-        rc = fold_flush(&self->flow_fold);
     return done(self, rc);
 }
 
@@ -2432,24 +2405,20 @@ static PyObject *
 table_fold_by(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t limit;
-    const char *what = nargs == 6 && PyUnicode_Check(args[0]) ? PyUnicode_AsUTF8(args[0]) : NULL;
-    const FoldClass *cls = what == NULL ? NULL : strcmp(what, "events") == 0 ? &FOLD_EVENTS
-                         : strcmp(what, "flows") == 0 ? &FOLD_FLOWS : NULL;
-    if (cls == NULL || !PyTuple_Check(args[2]) || !PyCallable_Check(args[4]) ||
-        (cls->detail < 0 && PyTuple_GET_SIZE(args[2])) || (limit = PyLong_AsSsize_t(args[5])) < 1) {
+    if (nargs != 5 || !PyTuple_Check(args[1]) || !PyCallable_Check(args[3])
+        || (limit = PyLong_AsSsize_t(args[4])) < 1) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "fold_by('events' | 'flows', fields, detail_keys: tuple "
-                            "(events only), only_without, fold: callable, limit: int >= 1)");
+            PyErr_SetString(PyExc_TypeError, "fold_by(fields, detail_keys: tuple, only_without, "
+                            "fold: callable, limit: int >= 1)");
         return NULL;
     }
-    Fold *f = cls == &FOLD_EVENTS ? &self->fold : &self->flow_fold;
-    if (f->fold != NULL) {
-        PyErr_Format(PyExc_RuntimeError, "fold_by: %s are already folded", cls->what);
+    if (self->fold.fold != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "fold_by: events are already folded");
         return NULL;
     }
-    f->cls = cls;
-    if (fold_fields(cls, args[1], f->fields, &f->nfields) < 0 ||
-        fold_fields(cls, args[3], f->unless, &f->nunless) < 0)
+    Fold *f = &self->fold;
+    if (fold_fields(args[0], f->fields, &f->nfields) < 0 ||
+        fold_fields(args[2], f->unless, &f->nunless) < 0)
         return NULL;
     f->keys = PyMem_Calloc(limit, sizeof *f->keys);
     f->counts = PyMem_Calloc(limit, sizeof *f->counts);
@@ -2460,8 +2429,8 @@ table_fold_by(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
         return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     }
     f->limit = limit;
-    f->detail_keys = Py_NewRef(args[2]);
-    f->fold = Py_NewRef(args[4]);
+    f->detail_keys = Py_NewRef(args[1]);
+    f->fold = Py_NewRef(args[3]);
     Py_RETURN_NONE;
 }
 
@@ -2600,8 +2569,6 @@ table_traverse(FlowTableObject *self, visitproc visit, void *arg)
     Py_VISIT(self->counters);
     Py_VISIT(self->fold.fold);
     Py_VISIT(self->fold.slot_of);
-    Py_VISIT(self->flow_fold.fold);
-    Py_VISIT(self->flow_fold.slot_of);
     for (Conn *c = self->first; c; c = c->next) {
         Py_VISIT(c->flow);
         if (c->session) {
@@ -2649,7 +2616,6 @@ table_clear(FlowTableObject *self)
     Py_CLEAR(self->capture);
     Py_CLEAR(self->emitting);
     fold_clear(&self->fold);
-    fold_clear(&self->flow_fold);
     return 0;
 }
 
@@ -2678,9 +2644,8 @@ static PyMethodDef table_methods[] = {
      "retire_all(pkt_no): report every connection still open"},
     {"finish", (PyCFunction)table_finish, METH_NOARGS, "end of input: report every open connection"},
     {"fold_by", (PyCFunction)(void (*)(void))table_fold_by, METH_FASTCALL,
-     "fold_by('events' | 'flows', fields, detail_keys, only_without, fold, limit): count the "
-     "events (flows) that agree on these fields and call fold(item, n) once per group (at the "
-     "latest at finish)"},
+     "fold_by(fields, detail_keys, only_without, fold, limit): count the events that agree on "
+     "these fields and call fold(event, n) once per group (at the latest at finish)"},
     {"open_flows", (PyCFunction)table_open_flows, METH_NOARGS,
      "the connections tracked now, as their (still growing) flow records"},
     {NULL}
