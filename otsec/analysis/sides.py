@@ -33,48 +33,45 @@ def sides(ev: Event) -> Sides:
     operation belongs to the station's connection. The server is the side on the
     protocol's registered port; failing that, the lower port below 1024; failing that,
     the receiver of a request."""
-    if _client_sent(ev.protocol, ev.src_port, ev.dst_port, ev.kind == "response"):
-        port = ev.dst_port
-        protocol = _protocol_at(ev.protocol, port)
-        return Sides(ev.src_ip, ev.src_mac, ev.dst_ip, ev.dst_mac, port, protocol, True)
-    port = ev.src_port
-    return Sides(ev.dst_ip, ev.dst_mac, ev.src_ip, ev.src_mac, port, _protocol_at(ev.protocol, port), False)
+    proto, ports, named = _KNOWN.get(ev.protocol) or _know(ev.protocol)
+    src_port, dst_port = ev.src_port, ev.dst_port
+    # built as a plain tuple of the class: a NamedTuple's own __new__ is a Python function
+    if _client_sent(ports, src_port, dst_port, ev.kind):
+        return _tuple_new(Sides, (ev.src_ip, ev.src_mac, ev.dst_ip, ev.dst_mac, dst_port,
+                                  proto if named else SERVICE_PORTS.get(dst_port, proto), True))
+    return _tuple_new(Sides, (ev.dst_ip, ev.dst_mac, ev.src_ip, ev.src_mac, src_port,
+                              proto if named else SERVICE_PORTS.get(src_port, proto), False))
 
 
 def sent_by_client(ev: Event) -> bool:
     """Did the connection's client send this event? (:func:`sides` without the rest.)"""
-    return _client_sent(ev.protocol, ev.src_port, ev.dst_port, ev.kind == "response")
+    return _client_sent((_KNOWN.get(ev.protocol) or _know(ev.protocol))[1], ev.src_port, ev.dst_port, ev.kind)
 
 
-def _client_sent(protocol: str, src_port: int, dst_port: int, response: bool) -> bool:
-    """The server is the side on the protocol's registered port; failing that, the lower
-    port below 1024; failing that, the receiver of a request. Not memoised by ports: a
-    cache keyed by port pairs would grow to the number of connections (17 MiB on the
-    1M-packet benchmark)."""
-    proto = _POLICY_NAMES.get(protocol) or _policy_name(protocol)
-    src_srv = SERVICE_PORTS.get(src_port) == proto
-    dst_srv = SERVICE_PORTS.get(dst_port) == proto
-    if src_srv == dst_srv:
-        low = min(src_port, dst_port)
-        if low < 1024 <= max(src_port, dst_port):
-            return dst_port == low
-        return not response
-    return dst_srv
+def _client_sent(ports: frozenset[int], src_port: int, dst_port: int, kind: str) -> bool:
+    """The server is the side on the protocol's registered port (one of ``ports``); failing
+    that, the lower port below 1024; failing that, the receiver of a request. Not memoised
+    by ports: a cache keyed by port pairs would grow to the number of connections (17 MiB on
+    the 1M-packet benchmark)."""
+    src_srv = src_port in ports
+    if src_srv is not (dst_port in ports):
+        return not src_srv
+    low = min(src_port, dst_port)
+    if low < 1024 <= max(src_port, dst_port):
+        return dst_port == low
+    return kind != "response"
 
 
-def _protocol_at(protocol: str, port: int) -> str:
-    """``protocol_name(protocol, port)``: the port matters only for a protocol the policy
-    does not name."""
-    proto = _policy_name(protocol)
-    return proto if proto in PROTOCOLS else SERVICE_PORTS.get(port, proto)
+def _know(protocol: str) -> tuple[str, frozenset[int], bool]:
+    """What orienting needs of a decoder's protocol name, memoised (as many entries as
+    decoders name protocols): its policy name (``protocol_name(protocol)``), the registered
+    ports of that name, and whether the policy names it (else the port names the service:
+    ``protocol_name(protocol, port)``)."""
+    proto = protocol_name(protocol, 0)
+    known = _KNOWN[protocol] = (proto, frozenset(p for p, name in SERVICE_PORTS.items() if name == proto),
+                                proto in PROTOCOLS)
+    return known
 
 
-def _policy_name(protocol: str) -> str:
-    """``protocol_name(protocol)``, memoised (as many entries as decoders name protocols)."""
-    proto = _POLICY_NAMES.get(protocol)
-    if proto is None:
-        proto = _POLICY_NAMES[protocol] = protocol_name(protocol, 0)
-    return proto
-
-
-_POLICY_NAMES: dict[str, str] = {}
+_KNOWN: dict[str, tuple[str, frozenset[int], bool]] = {}
+_tuple_new = tuple.__new__

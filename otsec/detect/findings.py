@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from otsec.detect.rules import RULES, severity_rank
 from otsec.policy.model import Located, Policy, Suppression
@@ -73,16 +73,28 @@ class Finding:
 
     def add(self, ts: float, packet: int, capture: str | None, samples: dict[str, Any] | None,
             count: int = 1) -> None:
-        """Count occurrences (runs for most checked events: kept to plain dict operations)."""
-        if self.count == 0 or ts < self.first_ts:
+        """Count occurrences with their evidence: ``samples`` maps a field to its value (None
+        or "" for none; other values are counted as text)."""
+        if samples:
+            self.tally(ts, packet, capture, samples.keys(), samples.values(), count)
+        else:
+            self.tally(ts, packet, capture, (), (), count)
+
+    def tally(self, ts: float, packet: int, capture: str | None, names: Iterable[str], values: Iterable[Any],
+              count: int = 1) -> None:
+        """:meth:`add` with the evidence as fields and their values, which a caller reporting the
+        same fields again and again keeps as tuples (runs for most checked events: kept to
+        plain dict operations)."""
+        if not self.count:
             self.first_ts, self.first_packet, self.first_capture = ts, packet, capture
-        if self.count == 0 or ts >= self.last_ts:
             self.last_ts, self.last_packet, self.last_capture = ts, packet, capture
+        elif ts >= self.last_ts:          # first_ts <= last_ts: not also earlier than the first
+            self.last_ts, self.last_packet, self.last_capture = ts, packet, capture
+        elif ts < self.first_ts:
+            self.first_ts, self.first_packet, self.first_capture = ts, packet, capture
         self.count += count
-        if not samples:
-            return
         buckets = self.samples
-        for name, value in samples.items():
+        for name, value in zip(names, values):
             if value is None or value == "":
                 continue
             if value.__class__ is not str:
