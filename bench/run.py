@@ -46,7 +46,7 @@ def build_capture(packets: int) -> Path:
     return path
 
 
-def bench_policy(capture: Path) -> Path:
+def bench_policy(capture: Path, out: Path = OUT) -> Path:
     """A policy for the generator's zone table, so `otsec check` is measured on a plant
     whose normal traffic is allowed: SCADA clients may use the OT protocols towards every
     cell, office clients the IT services of the server zone; the generator's planted
@@ -72,7 +72,7 @@ def bench_policy(capture: Path) -> Path:
                 for rule in rules:
                     proto, port = rule.split(":")
                     lines += [f"      - protocol: {proto}", f"        ports: [{port}]"]
-    path = OUT / "bench-policy.yaml"
+    path = out / "bench-policy.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
 

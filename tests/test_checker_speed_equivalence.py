@@ -39,13 +39,13 @@ from otsec.policy.draft import Drafter
 from otsec.policy.loader import parse_policy
 from otsec.policy.model import SERVICE_PORTS, protocol_name
 from otsec.sensor.runner import TrackingAggregator
+from tests.bench_capture import bench_policy
 from tests.corpus import captures
 from tests.detect_helpers import EXAMPLE_POLICY, ev, example_policy, hr
 from tests.test_detect_rules import EVENTS, FLOWS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = [pytest.param(p, id=p.name) for p in sorted((ROOT / "pcaps").glob("*.pcap"))]
-BENCH = ROOT / "bench" / "out" / "bench_200000.pcap"
 TODAY = dt.date(2025, 1, 1)
 
 ONE_ZONE = parse_policy("""
@@ -162,12 +162,11 @@ def test_the_checks_find_something_to_compare():
     assert all(rules[r] > 1 for r in expected), rules
 
 
-@pytest.mark.skipif(not BENCH.exists(), reason=f"{BENCH} not generated (bench/make_bench.py)")
-def test_benchmark_capture_with_its_policy():
+def test_benchmark_capture_with_its_policy(bench_200k):
     from otsec.policy.loader import load_policy
 
-    items = stream(BENCH)
-    assert_same(load_policy(BENCH.parent / "bench-policy.yaml"), items)
+    items = stream(bench_200k)
+    assert_same(load_policy(bench_policy(bench_200k)), items)
 
 
 @pytest.mark.parametrize("path", EXAMPLES)

@@ -23,7 +23,6 @@ from tests.corpus import captures
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "pcaps").glob("*.pcap"))
-BENCH = ROOT / "bench" / "out" / "bench_200000.pcap"
 
 
 def written(document, pieces_per_write: int = 1024) -> tuple[str, list[str]]:
@@ -52,10 +51,9 @@ def test_corpus_summaries(path):
     assert_same(summary_of(path))
 
 
-@pytest.mark.skipif(not BENCH.is_file(), reason=f"{BENCH} not generated (bench/run.py --packets 200000)")
-def test_benchmark_summary():
+def test_benchmark_summary(bench_200k):
     """The benchmark's shape: hundreds of hosts, thousands of communications, nested counts."""
-    document = summary_of(BENCH)
+    document = summary_of(bench_200k)
     assert len(document["communications"]) > 1000
     assert_same(document)
 

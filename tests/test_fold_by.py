@@ -28,7 +28,6 @@ from tests.toy_protocol import TOY, msg
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(REPO.glob("pcaps/*.pcap*"))
-BENCH = REPO / "bench" / "out" / "bench_200000.pcap"
 
 
 def report(summary: Summary, stats: dict) -> str:
@@ -114,17 +113,15 @@ def test_grouped_summary_equals_one_by_one(path, monkeypatch):
     assert report(*reduce([path], Summary, EngineConfig())) == expected
 
 
-def test_grouped_summary_on_the_benchmark_also_with_jobs():
+def test_grouped_summary_on_the_benchmark_also_with_jobs(bench_200k):
     require_compiled()
-    if not BENCH.exists():
-        pytest.skip(f"{BENCH} not built (python bench/run.py --packets 200000 builds it)")
-    one_by_one = reduce([BENCH], Summary, EngineConfig(compiled=False))
-    grouped = reduce([BENCH], Summary, EngineConfig())
+    one_by_one = reduce([bench_200k], Summary, EngineConfig(compiled=False))
+    grouped = reduce([bench_200k], Summary, EngineConfig())
     assert grouped[0].events == one_by_one[0].events > 50_000
     assert report(*grouped) == report(*one_by_one)
     # shards differ from one process where the flow table overflows (each has its own cap)
-    sharded = reduce([BENCH], Summary, EngineConfig(), jobs=2)
-    assert report(*sharded) == report(*reduce([BENCH], Summary, EngineConfig(compiled=False), jobs=2))
+    sharded = reduce([bench_200k], Summary, EngineConfig(), jobs=2)
+    assert report(*sharded) == report(*reduce([bench_200k], Summary, EngineConfig(compiled=False), jobs=2))
 
 
 # --- the table's side of the contract --------------------------------------------------------
