@@ -106,6 +106,12 @@ otsec_event_field(PyObject *event, int field)
     return (PyObject **)((char *)event + otsec_event_offset[field]);
 }
 
+static inline PyObject **
+otsec_flow_field(PyObject *flow, int field)
+{
+    return (PyObject **)((char *)flow + otsec_flow_offset[field]);
+}
+
 typedef PyObject *(*cdecode_fn)(PyObject *msg, int from_client, PyObject *state);
 typedef Py_ssize_t (*cframe_fn)(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos);
 /* probe(buf, pos) twins: 1 or 0 as the Python probe answers, or OTSEC_PROBE_UNSURE where

@@ -1809,13 +1809,11 @@ new_conn(FlowTableObject *self, long long pkt_no, double ts, Input *in, int *fro
         return NULL;
     }
     c->flow = flow;
-#define FLOW_FIELD(f) Py_NewRef(*(PyObject **)((char *)flow + otsec_flow_offset[f]))
-    c->flow_id = FLOW_FIELD(FL_FLOW_ID);
-    c->client_ip = FLOW_FIELD(FL_CLIENT_IP);
-    c->server_ip = FLOW_FIELD(FL_SERVER_IP);
-    c->client_port = FLOW_FIELD(FL_CLIENT_PORT);
-    c->server_port = FLOW_FIELD(FL_SERVER_PORT);
-#undef FLOW_FIELD
+    c->flow_id = Py_NewRef(*otsec_flow_field(flow, FL_FLOW_ID));
+    c->client_ip = Py_NewRef(*otsec_flow_field(flow, FL_CLIENT_IP));
+    c->server_ip = Py_NewRef(*otsec_flow_field(flow, FL_SERVER_IP));
+    c->client_port = Py_NewRef(*otsec_flow_field(flow, FL_CLIENT_PORT));
+    c->server_port = Py_NewRef(*otsec_flow_field(flow, FL_SERVER_PORT));
     c->order = Py_BuildValue("(lL)", self->source_index, pkt_no);
     if (c->order == NULL) {
         conn_free(c);

@@ -184,7 +184,7 @@ flow_put(PyObject *flow, int field, PyObject *v)
 {
     if (v == NULL)
         return -1;
-    Py_XSETREF(*(PyObject **)((char *)flow + otsec_flow_offset[field]), v);
+    Py_XSETREF(*otsec_flow_field(flow, field), v);
     return 0;
 }
 
