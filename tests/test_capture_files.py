@@ -128,6 +128,8 @@ def test_reads_across_refills(tmp_path, monkeypatch, chunk):
     records = [(i, i, bytes([i % 256]) * (i * 37 % 1500)) for i in range(200)]
     items, reader = read_all(write(tmp_path, pcap_file(records)))
     assert [(ts, f) for _, ts, _, f in items] == [(sec + frac / 10**6, f) for sec, frac, f in records]
+    # frames are copies, not slices of the reused read buffer (a bytearray)
+    assert {type(f) for _, _, _, f in items} == {bytes}
     assert reader.error is None and reader.offset == reader.size
 
 
@@ -425,15 +427,15 @@ def test_a_read_error_mid_file_ends_iteration_with_one_line_naming_it(tmp_path, 
     path.write_bytes(head + b"".join(struct.pack("<IIII", 1, 0, 60, 60) + f for f in frames))
     monkeypatch.setattr(capture_files, "CHUNK_SIZE", 64)
     reader = capture_files.CaptureReader(path)
-    real_read = reader._file.read
+    real_readinto = reader._file.readinto
     calls = []
 
-    def failing_read(n):
-        calls.append(n)
+    def failing_readinto(into):
+        calls.append(len(into))
         if len(calls) > 2:
             raise OSError(errno.EIO, "Input/output error")
-        return real_read(n)
-    reader._file.read = failing_read
+        return real_readinto(into)
+    reader._file.readinto = failing_readinto
     got = list(reader)
     assert 0 < len(got) < 3
     assert reader.error.startswith(f"{path}: read error after byte ") and "Input/output error" in reader.error

@@ -131,6 +131,7 @@ class CaptureReader:
         self.offset = 0
         self.packets = 0
         self.error: str | None = None
+        self._block = bytearray()   # the read buffer, reused by every refill
         try:
             self._file = open(self.path, "rb")
         except OSError as exc:
@@ -208,23 +209,34 @@ class CaptureReader:
 
     # -- reading ---------------------------------------------------------------------
 
-    def _refill(self, buf: bytes, pos: int, need: int) -> bytes:
-        """Returns buf[pos:] extended by reads until it holds ``need`` bytes or the file ends."""
-        parts = [buf[pos:]]
-        have = len(parts[0])
-        while have < need:
-            try:
-                more = self._file.read(max(CHUNK_SIZE, need - have))
-            except OSError as exc:  # EIO, a network share gone: the file ends here, said once
-                if self.error is None:
-                    self.error = (f"{self.path}: read error after byte {self.offset + have} "
-                                  f"(packet {self.packets + 1}): {exc.strerror or exc}")
-                break
-            if not more:
-                break
-            parts.append(more)
-            have += len(more)
-        return b"".join(parts)
+    def _refill(self, buf: bytearray | bytes, pos: int, need: int) -> bytearray:
+        """``buf[pos:]`` followed by what the file holds next, at least ``need`` bytes
+        unless the file ends first, in the reader's one read buffer (which ``buf`` may
+        be). Reading into the same buffer every time, instead of a new bytes object per
+        read joined to the rest of the last one, spares the copy and the fresh pages: it
+        took a tenth of the time of a 1M-packet analyze. Nothing may keep a view of the
+        buffer across refills; frames are sliced (copied) out of it."""
+        block = self._block
+        rest = len(buf) - pos
+        block[:rest] = buf[pos:]   # the tail of the last buffer comes first
+        size = max(CHUNK_SIZE, need)
+        if len(block) != size:
+            block[rest:] = bytes(size - rest)
+        have = rest
+        with memoryview(block) as view:
+            while have < size:
+                try:
+                    got = self._file.readinto(view[have:])
+                except OSError as exc:  # EIO, a network share gone: the file ends here, said once
+                    if self.error is None:
+                        self.error = (f"{self.path}: read error after byte {self.offset + have} "
+                                      f"(packet {self.packets + 1}): {exc.strerror or exc}")
+                    break
+                if not got:
+                    break
+                have += got
+        del block[have:]
+        return block
 
     def __iter__(self) -> Iterator[tuple[int, float, int, bytes]]:
         return self.packets_left(None)
@@ -270,7 +282,7 @@ class CaptureReader:
                     number += 1
                     self.packets = number
                     self.offset = base + stop
-                    yield number, (sec * per_sec + frac) / per_sec, linktype, buf[pos + PCAP_RECORD_LEN:stop]
+                    yield number, (sec * per_sec + frac) / per_sec, linktype, bytes(buf[pos + PCAP_RECORD_LEN:stop])
                     pos = stop
                     continue
             buf, pos, base = self._next_pcap_buffer(buf, pos, base)
@@ -330,7 +342,7 @@ class CaptureReader:
                     return
             btype, length = head(buf, pos)
             if btype == BT_SHB:   # same value in both byte orders: the section sets the order
-                section_order = PCAPNG_BYTE_ORDER.get(buf[pos + 8:pos + 12])
+                section_order = PCAPNG_BYTE_ORDER.get(bytes(buf[pos + 8:pos + 12]))
                 if section_order is None:
                     self._fail(base + pos, "corrupt section header block",
                                f"byte-order magic 0x{buf[pos + 8:pos + 12].hex()}")
@@ -380,7 +392,7 @@ class CaptureReader:
                     else:
                         iface = interfaces[ifid]
                         last_ts = ((ts_hi << 32 | ts_lo) + iface.offset_units) / iface.per_sec
-                        frame = buf[start:start + caplen]
+                        frame = bytes(buf[start:start + caplen])
             elif btype == BT_SPB:
                 if not interfaces:
                     problem = "simple packet block before any interface"
@@ -393,7 +405,7 @@ class CaptureReader:
                     caplen = min(origlen, body_end - start)
                     if iface.snaplen:
                         caplen = min(caplen, iface.snaplen)
-                    frame = buf[start:start + caplen]   # no timestamp: last_ts carries on
+                    frame = bytes(buf[start:start + caplen])   # no timestamp: last_ts carries on
             else:
                 if btype == BT_IDB:
                     iface = self._interface(buf, body, body_end, order)
