@@ -17,8 +17,8 @@ fast path is chosen from measurements. In one process, on one capture, it times:
 The per-kind table profiles the pure-Python flow layer (the reference, and what runs
 without a C compiler). It then times the compiled flow layer the engine uses by default:
 whole, without its decoders' work (the packet layer alone), with the Python decoders
-only (their compiled twins switched off), and with the analyze summary folded in as the
-command does (events counted by key, see FlowTable.fold_by), so the share of each part
+only (their compiled twins switched off), and with the analyze summary counted in as the
+command does (events counted by key, see FlowTable.tally_by), so the share of each part
 is visible.
 """
 
@@ -165,7 +165,7 @@ def main() -> int:
     for label, seconds in (("engine (twins + Python decoders)", full),
                            ("engine, decoders answering nothing", packet_layer),
                            ("engine, Python decoders only (no twins)", python_decoders),
-                           ("engine + summary (events folded by key)", summarised)):
+                           ("engine + summary (events counted by key)", summarised)):
         print(f"{label:44s} {packets:10,d} {seconds:8.3f} {seconds / packets * us:8.2f}")
     print(f"analyze in one process, compiled flow layer: {summarised:.2f} s, "
           f"{packets / summarised:,.0f} packets/s (start-up and report not counted)")
@@ -174,7 +174,7 @@ def main() -> int:
 
 def engine_seconds(path: Path, decoders=None, twins: bool = True, reducer=None) -> float:
     """Best of two runs of the compiled engine over the capture (events go nowhere, or
-    into a fresh ``reducer()``, as analyze folds its summary)."""
+    into a fresh ``reducer()``, as analyze counts its summary)."""
     config = EngineConfig(decoders=decoders or BUILTIN)
     if not twins:   # the same functions under new identities: the compiled layer does not
         # recognise them, so probing, framing and decoding stay in Python

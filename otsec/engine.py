@@ -68,9 +68,10 @@ class EngineConfig:
 #: continue the traffic so far (an unrelated capture, a ring buffer reused): the open
 #: connections are ended first, so a reused 5-tuple is not taken for the same connection.
 SOURCE_CLOCK_SLACK = 1.0
-#: Groups of like events the compiled flow layer counts before it folds them into the
-#: reducer (about 250 bytes each): enough that most repeats of a group meet in one batch.
-FOLD_GROUPS = 16_384
+#: Keys the compiled flow layer counts events under before it adds the counts to the
+#: reducer's dicts (about 250 bytes each; a plant's keys mostly fit, so most events only
+#: find their key's slot).
+TALLY_SLOTS = 65_536
 
 
 def _ignore(_item) -> None:
@@ -94,24 +95,25 @@ class Engine:
     def __init__(self, config: EngineConfig | None = None,
                  on_event: Callable[[Event], None] | None = None,
                  on_flow: Callable[[Flow], None] | None = None, reducer=None):
-        """``reducer`` (see :func:`reduce`) is folded every event and flow before the
-        callbacks see them; the compiled flow layer counts events that agree on the
-        reducer's ``FOLD_KEY`` (a :class:`~otsec.model.FoldKey`) and folds each group once."""
+        """``reducer`` (see :func:`reduce`) is given every event and flow before the
+        callbacks see them; the compiled flow layer counts the events by the reducer's
+        ``TALLY`` keys itself (see otsec.analysis.tally) and hands it only what the
+        counts cannot hold."""
         self.config = config or EngineConfig()
         self.health = Health()
         compiled = self.config.compiled and CompiledFlowTable is not None
-        fold_key = getattr(reducer, "FOLD_KEY", None) if compiled else None
+        tally = getattr(reducer, "TALLY", None) if compiled else None
         if reducer is not None:
-            on_event = _both(None if fold_key else reducer.add_event, on_event)
+            on_event = _both(None if tally else reducer.add_event, on_event)
             on_flow = _both(reducer.add_flow, on_flow)
+        # the compiled table takes None for "no callback" and then makes no call per event
         self.table = (CompiledFlowTable if compiled else FlowTable)(
-            self.config.decoders, self.config.ports, on_event or _ignore, on_flow or _ignore,
-            self.health, max_flows=self.config.max_flows,
+            self.config.decoders, self.config.ports, on_event or (None if compiled else _ignore),
+            on_flow or _ignore, self.health, max_flows=self.config.max_flows,
             tcp_idle=self.config.tcp_idle_timeout, udp_idle=self.config.udp_idle_timeout,
             shard=self.config.shard)
-        if fold_key:
-            self.table.fold_by(fold_key.fields, fold_key.detail, fold_key.only_without,
-                               reducer.add_events, FOLD_GROUPS)
+        if tally:
+            self.table.tally_by(tally, reducer.counts, reducer.add_apart, reducer.add_event, TALLY_SLOTS)
         self.packets = 0
         self.bytes = 0
         self.skipped: dict[str, int] = {}

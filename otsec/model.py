@@ -9,7 +9,7 @@ internals, so a new protocol needs no change outside its decoder.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 #: What an operation does to the process, whatever the protocol. Policy rules and
 #: the "unsafe operation" detection are written against these, not function codes.
@@ -147,18 +147,3 @@ class Flow:
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
 
-
-class FoldKey(NamedTuple):
-    """What an aggregator reads of an event, so that events agreeing on it can be counted
-    together and folded once (``add_events(event, n)``) by the compiled flow layer.
-
-    An aggregator that declares one promises that ``add_events(e, n)`` does what ``n``
-    calls of ``add_events(e, 1)`` would, that the order of its folds does not matter, and
-    that it reads nothing of an event beyond these fields: the event it is handed for a
-    group carries only them.
-    """
-
-    fields: tuple[str, ...]             # Event fields
-    detail: tuple[str, ...] = ()        # entries of Event.detail
-    #: events with any of these fields set (non-empty) are folded one by one, as they are
-    only_without: tuple[str, ...] = ()

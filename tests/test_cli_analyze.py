@@ -193,9 +193,9 @@ def test_wire_text_with_control_characters_cannot_drive_the_terminal():
     from otsec.report.console import render_summary
 
     summary, stats = reduce([SHOWCASE], Summary)
-    host = next(h for h in summary.hosts.values() if h.identity)
-    host.identity["vendor"] = "evil\x1b[2J\x1b]0;owned\x07\nsecond line\x9b2J\u202etxt.exe"
-    host.identity["firmware"] = "V1.0"
+    host = next(h for h in summary.known.values() if h.identity)
+    host.learn_identity({"vendor": "evil\x1b[2J\x1b]0;owned\x07\nsecond line\x9b2J\u202etxt.exe",
+                         "firmware": "V1.0"}, (float("inf"), 0))   # the latest the device said
     buf = io.StringIO()
     render_summary(summary.report(stats, [str(SHOWCASE)]), Console(file=buf, width=400))
     shown = buf.getvalue()

@@ -12,8 +12,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from otsec.analysis.sides import sent_by_client
-from otsec.model import Event, Flow, FoldKey
+from otsec.analysis.tally import BY_CLIENT, Tally, add_counts
+from otsec.model import Event, Flow
 from otsec.analysis.vendors import mac_vendor
 
 #: Protocols whose server side is a controller (PLC/RTU) rather than a general server.
@@ -59,6 +59,20 @@ class Host:
                     self.identity_at[key] = seen
                     self.identity[key] = seen[-1]
 
+    def absorb(self, other: "Host") -> None:
+        """Add what another record of this host holds (a --jobs shard's, or what flows
+        and identities said of it)."""
+        self.macs |= other.macs
+        for key, (ts, packet, value) in other.identity_at.items():
+            self.learn_identity({key: value}, (ts, packet))
+        self.served.update(other.served)
+        self.used.update(other.used)
+        self.sent_classes.update(other.sent_classes)
+        self.peers_as_client |= other.peers_as_client
+        self.clients |= other.clients
+        self.rejected += other.rejected
+        self.flows += other.flows
+
     def role(self) -> tuple[str, str]:
         """Inferred role and the evidence for it."""
         # A PLC mostly answers; an S7 engineering station also answers the PLC's own
@@ -90,75 +104,46 @@ class Host:
 
 
 class Summary:
-    """Streaming aggregation of events and flows into the analyze report."""
+    """Streaming aggregation of events and flows into the analyze report.
 
-    #: Everything add_events reads of an event (see FoldKey; a test holds it to that).
-    FOLD_KEY = FoldKey(
-        fields=("protocol", "kind", "function", "function_code", "op_class", "result",
-                "src_ip", "src_port", "src_mac", "dst_ip", "dst_port"),
-        detail=("security_mode",), only_without=("identity", "anomalies"))
+    Events are counted by two keys (see :mod:`otsec.analysis.tally`): who (IP and MAC)
+    sent what to whom in which direction of its connection, and per function. The
+    hosts, who-talks-to-whom and function tables are derived from those counts when the
+    report asks; what a count cannot hold (identities, anomaly flags, flows) is added to
+    ``known`` hosts and counters as it comes."""
+
+    TALLY = Tally(
+        keys=(("src_ip", "src_mac", "dst_ip", BY_CLIENT, "protocol", "kind", "op_class", "result"),
+              ("protocol", "function_code", "function", "kind", "result", "detail.security_mode")),
+        apart=("identity", "anomalies"))
+    _count = staticmethod(TALLY.counter())
 
     def __init__(self) -> None:
-        self.hosts: dict[str, Host] = {}
-        self.pairs: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
-        self.functions: dict[tuple[str, int | None, str], Counter] = defaultdict(Counter)
+        #: per TALLY key: key tuple -> events (the compiled flow layer adds to these dicts)
+        self.counts = self.TALLY.counters()
+        #: what flows and identities said of hosts; the event counts are added by hosts
+        self.known: dict[str, Host] = {}
         self.anomalies: Counter = Counter()
-        self.security: Counter = Counter()
-        self.events = 0
         self.flows = 0
         self.apps: Counter = Counter()
 
-    def host(self, ip: str) -> Host:
-        host = self.hosts.get(ip)
+    def _known(self, ip: str) -> Host:
+        host = self.known.get(ip)
         if host is None:
-            host = self.hosts[ip] = Host(ip)
+            host = self.known[ip] = Host(ip)
         return host
 
     def add_event(self, ev: Event) -> None:
-        self.add_events(ev, 1)
+        if self._count(self.counts, ev):
+            self.add_apart(ev)
 
-    def add_events(self, ev: Event, n: int) -> None:
-        """Count ``n`` events like ``ev`` for its sender (MAC, identity) and for its
-        connection's client and server (who asks whom for what): the "Download block" jobs
-        an S7 PLC sends during a download are the engineering station's operation, as in
-        ``otsec check``. (Host lookups are written out instead of calling host().)"""
-        self.events += n
-        hosts = self.hosts
-        src_ip, dst_ip = ev.src_ip, ev.dst_ip
-        src = hosts.get(src_ip) or self.host(src_ip)
-        if ev.src_mac:
-            src.macs.add(ev.src_mac)
+    def add_apart(self, ev: Event) -> None:
+        """What the counts of an event cannot hold: the identity its sender reveals and
+        its anomaly flags."""
         if ev.identity:
-            src.learn_identity(ev.identity, (ev.ts, ev.packet))
-        fn = self.functions[(ev.protocol, ev.function_code, ev.function)]
-        protocol = TRANSPORT_OF.get(ev.protocol, ev.protocol)
-        if sent_by_client(ev):
-            client, server = src_ip, dst_ip
-        else:
-            client, server = dst_ip, src_ip
-        kind = ev.kind
-        if kind == "request":
-            fn["requests"] += n
-            asker = hosts.get(client) or self.host(client)
-            asker.used[protocol] += n
-            asker.sent_classes[ev.op_class] += n
-            asker.peers_as_client.add(server)
-            (hosts.get(server) or self.host(server)).clients.add(client)
-            self.pairs[(client, server, protocol)][ev.op_class] += n
-        elif kind == "response":
-            fn["responses"] += n
-            (hosts.get(server) or self.host(server)).served[protocol] += n
-            if ev.result in ("exception", "error"):
-                fn["exceptions"] += n
-                (hosts.get(client) or self.host(client)).rejected += n
-        else:
-            fn["notifications"] += n
+            self._known(ev.src_ip).learn_identity(ev.identity, (ev.ts, ev.packet))
         for flag in ev.anomalies:
-            self.anomalies[flag] += n
-        if ev.protocol == "opcua":
-            mode = ev.detail.get("security_mode")
-            if mode:
-                self.security[f"opcua {mode}"] += n
+            self.anomalies[flag] += 1
 
     def add_flow(self, flow: Flow) -> None:
         self.flows += 1
@@ -166,10 +151,86 @@ class Summary:
         for ip, mac in ((flow.client_ip, flow.client_mac), (flow.server_ip, flow.server_mac)):
             if _group_address(ip):
                 continue  # multicast/broadcast destinations are not hosts
-            host = self.host(ip)
+            host = self._known(ip)
             host.flows += 1
             if mac:
                 host.macs.add(mac)
+
+    @property
+    def events(self) -> int:
+        return sum(self.counts[1].values())
+
+    @property
+    def hosts(self) -> dict[str, Host]:
+        """Every host, with its counts: each sender, and each side of the connections
+        whose requests (and rejected requests) were seen. Who asks whom for what follows
+        the connection's client and server: the "Download block" jobs an S7 PLC sends
+        during a download are the engineering station's operation, as in ``otsec check``."""
+        hosts: dict[str, Host] = {}
+
+        def host(ip: str) -> Host:
+            h = hosts.get(ip)
+            if h is None:
+                h = hosts[ip] = Host(ip)
+                known = self.known.get(ip)
+                if known is not None:
+                    h.absorb(known)
+            return h
+
+        for (src_ip, src_mac, dst_ip, by_client, protocol, kind, op_class, result), n in self.counts[0].items():
+            sender = host(src_ip)
+            if src_mac:
+                sender.macs.add(src_mac)
+            protocol = TRANSPORT_OF.get(protocol, protocol)
+            client, server = (src_ip, dst_ip) if by_client else (dst_ip, src_ip)
+            if kind == "request":
+                asker = host(client)
+                asker.used[protocol] += n
+                asker.sent_classes[op_class] += n
+                asker.peers_as_client.add(server)
+                host(server).clients.add(client)
+            elif kind == "response":
+                host(server).served[protocol] += n
+                if result in ("exception", "error"):
+                    host(client).rejected += n
+        for ip in self.known.keys() - hosts.keys():
+            host(ip)
+        return hosts
+
+    @property
+    def pairs(self) -> dict[tuple[str, str, str], Counter]:
+        """(client, server, protocol) -> requests per operation class."""
+        pairs: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
+        for (src_ip, _, dst_ip, by_client, protocol, kind, op_class, _), n in self.counts[0].items():
+            if kind == "request":
+                client, server = (src_ip, dst_ip) if by_client else (dst_ip, src_ip)
+                pairs[(client, server, TRANSPORT_OF.get(protocol, protocol))][op_class] += n
+        return pairs
+
+    @property
+    def functions(self) -> dict[tuple[str, int | None, str], Counter]:
+        """(protocol, code, name) -> requests, responses, exceptions, notifications."""
+        functions: dict[tuple[str, int | None, str], Counter] = defaultdict(Counter)
+        for (protocol, code, name, kind, result, _), n in self.counts[1].items():
+            fn = functions[(protocol, code, name)]
+            if kind == "request":
+                fn["requests"] += n
+            elif kind == "response":
+                fn["responses"] += n
+                if result in ("exception", "error"):
+                    fn["exceptions"] += n
+            else:
+                fn["notifications"] += n
+        return functions
+
+    @property
+    def security(self) -> Counter:
+        """OPC UA messages per security mode."""
+        security: Counter = Counter()
+        for (protocol, _, _, _, _, mode), n in self.counts[1].items():
+            if protocol == "opcua" and mode:
+                security[f"opcua {mode}"] += n
+        return security
 
     def function_table(self) -> dict[str, list[dict]]:
         """Per protocol, one row per function name: a request and its response are one row
@@ -189,43 +250,30 @@ class Summary:
             table[proto].append(row)
         return dict(table)
 
-    def gateway_macs(self) -> set[str]:
+    @staticmethod
+    def gateway_macs(hosts: dict[str, Host]) -> set[str]:
         """MACs that stand for routed traffic: a virtual-router MAC, or one seen for many IPs.
         They say which router a host is reached through, not what the host is."""
-        ips_per_mac: Counter = Counter(mac for h in self.hosts.values() for mac in h.macs)
+        ips_per_mac: Counter = Counter(mac for h in hosts.values() for mac in h.macs)
         return {mac for mac, n in ips_per_mac.items()
                 if n > MAX_IPS_PER_HOST_MAC or mac.startswith(VIRTUAL_ROUTER_PREFIXES)}
 
     def merge(self, other: "Summary") -> None:
         """Add another shard's aggregate (connections are disjoint between shards)."""
-        for ip, theirs in other.hosts.items():
-            mine = self.host(ip)
-            mine.macs |= theirs.macs
-            for key, (ts, packet, value) in theirs.identity_at.items():
-                mine.learn_identity({key: value}, (ts, packet))
-            mine.served.update(theirs.served)
-            mine.used.update(theirs.used)
-            mine.sent_classes.update(theirs.sent_classes)
-            mine.peers_as_client |= theirs.peers_as_client
-            mine.clients |= theirs.clients
-            mine.rejected += theirs.rejected
-            mine.flows += theirs.flows
-        for key, counts in other.pairs.items():
-            self.pairs[key].update(counts)
-        for key, counts in other.functions.items():
-            self.functions[key].update(counts)
+        add_counts(self.counts, other.counts)
+        for ip, theirs in other.known.items():
+            self._known(ip).absorb(theirs)
         self.anomalies.update(other.anomalies)
-        self.security.update(other.security)
         self.apps.update(other.apps)
-        self.events += other.events
         self.flows += other.flows
 
     def report(self, stats: dict, captures: list[str]) -> dict:
         """The analyze summary as plain data (rendered as rich tables or JSON)."""
-        gateways = self.gateway_macs()
+        by_ip = self.hosts
+        gateways = self.gateway_macs(by_ip)
         hosts = []
-        for ip in sorted(self.hosts, key=_ip_sort_key):
-            h = self.hosts[ip]
+        for ip in sorted(by_ip, key=_ip_sort_key):
+            h = by_ip[ip]
             role, why = h.role()
             macs = sorted(h.macs - gateways)
             hosts.append({

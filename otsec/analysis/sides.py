@@ -48,6 +48,11 @@ def sent_by_client(ev: Event) -> bool:
     return _client_sent((_KNOWN.get(ev.protocol) or _know(ev.protocol))[1], ev.src_port, ev.dst_port, ev.kind)
 
 
+def server_ports(protocol: str) -> frozenset[int]:
+    """The registered server ports of a decoder's protocol (what orienting compares)."""
+    return (_KNOWN.get(protocol) or _know(protocol))[1]
+
+
 def _client_sent(ports: frozenset[int], src_port: int, dst_port: int, kind: str) -> bool:
     """The server is the side on the protocol's registered port (one of ``ports``); failing
     that, the lower port below 1024; failing that, the receiver of a request. Not memoised

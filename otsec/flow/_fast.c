@@ -73,7 +73,7 @@ static PyObject *S_capture, *S_flow_id, *S_src_ip, *S_src_port, *S_src_mac, *S_d
     *S_h_gaps, *S_resyncs, *S_unframeable_bytes, *S_buffer_overflows,
     *S_unpaired_responses, *S_unanswered_requests, *S_truncated_at_eof,
     *S_decoder_errors, *S_flows, *S_flows_timed_out, *S_flows_evicted,
-    *S_retransmitted_bytes, *S_overlap_conflicts, *S_gap_bytes, *S_append;
+    *S_retransmitted_bytes, *S_overlap_conflicts, *S_gap_bytes, *S_append, *S_detail_dot;
 
 /* ---------------------------------------------------------------------------------- */
 /* small helpers                                                                        */
@@ -132,32 +132,12 @@ attr_add(PyObject *obj, PyObject *name, long long n)
     return r;
 }
 
-static int
-set_long_attr(PyObject *obj, PyObject *name, long long v)
-{
-    PyObject *o = PyLong_FromLongLong(v);
-    if (o == NULL)
-        return -1;
-    int r = PyObject_SetAttr(obj, name, o);
-    Py_DECREF(o);
-    return r;
-}
-
-static int
-set_float_attr(PyObject *obj, PyObject *name, double v)
-{
-    PyObject *o = PyFloat_FromDouble(v);
-    if (o == NULL)
-        return -1;
-    int r = PyObject_SetAttr(obj, name, o);
-    Py_DECREF(o);
-    return r;
-}
-
 /* d[name] += n for the table's counters dict. */
 static int
 dict_add(PyObject *d, PyObject *name, long long n)
 {
+    if (n == 0)   /* every counter is there from the start */
+        return 0;
     PyObject *v = PyDict_GetItemWithError(d, name);
     if (v == NULL && PyErr_Occurred())
         return -1;
@@ -644,184 +624,281 @@ probe_at(PyObject *probe, PyObject *buf, Py_ssize_t pos)
     return call_probe(probe, buf, pos);
 }
 
-/* --- events counted by key (FlowTable.fold_by) ------------------------------------------
- * An aggregator such as the analyze summary reads a few fields of each event and adds it
- * to counters. Events that agree on those fields are counted here instead, one dict lookup
- * on a tuple of the field values, and each group is handed to the aggregator once as
- * fold(event, n), with an event that carries only those fields. The aggregator promises
- * that fold(e, n) equals n calls of its per-event fold and that the order of folds does
- * not matter (see otsec.model.FoldKey). An event whose "only_without" fields are set, or
- * that is not a model.Event, is folded at once, alone. */
+/* --- events counted by key (FlowTable.tally_by) -----------------------------------------
+ * The twin of otsec.analysis.tally.Tally.counter: an aggregator such as the analyze
+ * summary counts each event under a few keys (tuples of the event's values) in one dict
+ * per key. Counted here, an event costs one dict lookup per key, to find the key's slot,
+ * and a C counter; no Python call. The slots' counts are added to the aggregator's dicts
+ * (into[key] = into.get(key, 0) + n) when the slots run out and at finish. An event with
+ * an "apart" field set is also handed to add_apart(event); one that is not a model.Event,
+ * or whose detail is not a dict, to add_event(event) instead of being counted here. */
+#define TALLY_MAX_KEYS 8
+#define TALLY_MAX_NAMES 16
+enum { TALLY_BY_CLIENT = -1, TALLY_DETAIL = -2 };
+
 typedef struct {
-    PyObject *fold;             /* fold(event, n); NULL: events are not counted here */
-    int fields[EV_FIELDS], nfields;
-    int unless[EV_FIELDS], nunless;
-    PyObject *detail_keys;      /* tuple: detail entries that are part of the key */
-    PyObject *absent;           /* stands in the key for a detail entry not there */
-    PyObject *slot_of;          /* key tuple -> its slot (int) */
-    PyObject **keys;            /* per slot: the key (new reference) */
+    int field[TALLY_MAX_NAMES];          /* EV_..., TALLY_BY_CLIENT or TALLY_DETAIL */
+    PyObject *entry[TALLY_MAX_NAMES];    /* for TALLY_DETAIL: the detail entry's name */
+    int n;
+    PyObject *slot_of;                   /* key tuple -> slot (int) */
+    PyObject *into;                      /* the aggregator's dict for this key */
+} TallyKey;
+
+typedef struct {
+    TallyKey key[TALLY_MAX_KEYS];
+    int nkeys, needs_detail;
+    int apart[EV_FIELDS], napart;
+    PyObject *add_apart, *add_event;     /* NULL: events are not counted here */
+    PyObject *server_ports;              /* protocol -> frozenset of its server ports */
+    PyObject *ports_known;               /* protocol -> server_ports(protocol), as asked */
+    PyObject **keys;                     /* per slot: its key (new reference) */
     long long *counts;
+    int *owner;                          /* per slot: the index of its TallyKey */
     Py_ssize_t used, limit;
-} Fold;
+} Tally;
 
+/* Add every slot's count to its key's dict and start afresh (also on error). */
 static int
-fold_call(Fold *f, PyObject *event, long long n)
-{
-    PyObject *count = PyLong_FromLongLong(n);
-    if (count == NULL)
-        return -1;
-    PyObject *args[2] = {event, count};
-    PyObject *r = PyObject_Vectorcall(f->fold, args, 2, NULL);
-    Py_DECREF(count);
-    Py_XDECREF(r);
-    return r == NULL ? -1 : 0;
-}
-
-/* The event standing for a group: only the key's fields set. */
-static PyObject *
-fold_stand_in(Fold *f, PyObject *key)
-{
-    PyObject *ev = otsec_event_blank();
-    if (ev == NULL)
-        return NULL;
-    for (int i = 0; i < f->nfields; i++)
-        Py_XSETREF(*otsec_event_field(ev, f->fields[i]), Py_NewRef(PyTuple_GET_ITEM(key, i)));
-    PyObject *detail = *otsec_event_field(ev, EV_DETAIL);
-    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(f->detail_keys); k++) {
-        PyObject *v = PyTuple_GET_ITEM(key, f->nfields + k);
-        if (v != f->absent && PyDict_SetItem(detail, PyTuple_GET_ITEM(f->detail_keys, k), v) < 0) {
-            Py_DECREF(ev);
-            return NULL;
-        }
-    }
-    return ev;
-}
-
-/* Hand every group counted so far to the aggregator and start afresh (also on error). */
-static int
-fold_flush(Fold *f)
+tally_flush(Tally *t)
 {
     int rc = 0;
-    Py_ssize_t used = f->used;
-    f->used = 0;
+    Py_ssize_t used = t->used;
+    t->used = 0;
     for (Py_ssize_t i = 0; i < used; i++) {
         if (rc == 0) {
-            PyObject *ev = fold_stand_in(f, f->keys[i]);
-            rc = ev == NULL ? -1 : fold_call(f, ev, f->counts[i]);
-            Py_XDECREF(ev);
+            PyObject *into = t->key[t->owner[i]].into;
+            PyObject *had = PyDict_GetItemWithError(into, t->keys[i]);
+            PyObject *sum = NULL;
+            if (had != NULL) {
+                PyObject *n = PyLong_FromLongLong(t->counts[i]);
+                sum = n == NULL ? NULL : PyNumber_Add(had, n);
+                Py_XDECREF(n);
+            } else if (!PyErr_Occurred()) {
+                sum = PyLong_FromLongLong(t->counts[i]);
+            }
+            rc = sum == NULL || PyDict_SetItem(into, t->keys[i], sum) < 0 ? -1 : 0;
+            Py_XDECREF(sum);
         }
-        Py_CLEAR(f->keys[i]);
+        Py_CLEAR(t->keys[i]);
     }
-    if (f->slot_of)
-        PyDict_Clear(f->slot_of);
+    for (int k = 0; k < t->nkeys; k++)
+        if (t->key[k].slot_of)
+            PyDict_Clear(t->key[k].slot_of);
     return rc;
 }
 
 static void
-fold_clear(Fold *f)
+tally_clear(Tally *t)
 {
-    for (Py_ssize_t i = 0; i < f->used; i++)
-        Py_CLEAR(f->keys[i]);
-    f->used = 0;
-    Py_CLEAR(f->fold);
-    Py_CLEAR(f->detail_keys);
-    Py_CLEAR(f->absent);
-    Py_CLEAR(f->slot_of);
-    PyMem_Free(f->keys);
-    PyMem_Free(f->counts);
-    f->keys = NULL;
-    f->counts = NULL;
+    for (Py_ssize_t i = 0; i < t->used; i++)
+        Py_CLEAR(t->keys[i]);
+    t->used = 0;
+    for (int k = 0; k < t->nkeys; k++) {
+        TallyKey *key = &t->key[k];
+        for (int i = 0; i < key->n; i++)
+            Py_CLEAR(key->entry[i]);
+        Py_CLEAR(key->slot_of);
+        Py_CLEAR(key->into);
+    }
+    t->nkeys = 0;
+    Py_CLEAR(t->add_apart);
+    Py_CLEAR(t->add_event);
+    Py_CLEAR(t->server_ports);
+    Py_CLEAR(t->ports_known);
+    PyMem_Free(t->keys);
+    PyMem_Free(t->counts);
+    PyMem_Free(t->owner);
+    t->keys = NULL;
+    t->counts = NULL;
+    t->owner = NULL;
 }
 
-/* The key of an event that can be counted (a new tuple), or NULL: fold it alone (error
- * if an exception is set). */
+/* A field of an exact Event, as getattr gives it (NULL with AttributeError after a del). */
 static PyObject *
-fold_key(Fold *f, PyObject *ev)
+tally_field(PyObject *ev, int field)
 {
-    if (!Py_IS_TYPE(ev, otsec_Event))
-        return NULL;
-    for (int i = 0; i < f->nunless; i++) {
-        PyObject *v = *otsec_event_field(ev, f->unless[i]);
-        int set = v == NULL ? 1 : v == Py_None ? 0 : PyList_CheckExact(v) ? PyList_GET_SIZE(v) > 0
-                                                                          : PyObject_IsTrue(v);
-        if (set)   /* also -1: an error */
-            return NULL;
+    PyObject *v = *otsec_event_field(ev, field);
+    if (v == NULL)
+        PyErr_SetString(PyExc_AttributeError, "an event field was deleted");
+    return v;
+}
+
+/* The twin of sides._client_sent: did the connection's client send this event?
+ * 1, 0, or -1 with an exception. */
+static int
+tally_by_client(Tally *t, PyObject *ev)
+{
+    PyObject *protocol, *kind, *sport, *dport;
+    if ((protocol = tally_field(ev, EV_PROTOCOL)) == NULL || (kind = tally_field(ev, EV_KIND)) == NULL ||
+        (sport = tally_field(ev, EV_SRC_PORT)) == NULL || (dport = tally_field(ev, EV_DST_PORT)) == NULL)
+        return -1;
+    PyObject *ports = PyDict_GetItemWithError(t->ports_known, protocol);
+    if (ports == NULL) {
+        if (PyErr_Occurred() || (ports = PyObject_CallOneArg(t->server_ports, protocol)) == NULL)
+            return -1;
+        int rc = PyDict_SetItem(t->ports_known, protocol, ports);
+        Py_DECREF(ports);   /* the dict holds it */
+        if (rc < 0)
+            return -1;
     }
-    Py_ssize_t ndetail = PyTuple_GET_SIZE(f->detail_keys);
-    PyObject *detail = *otsec_event_field(ev, EV_DETAIL);
-    if (ndetail && (detail == NULL || !PyDict_CheckExact(detail)))
+    int src_srv = PySequence_Contains(ports, sport), dst_srv = PySequence_Contains(ports, dport);
+    if (src_srv < 0 || dst_srv < 0)
+        return -1;
+    if (src_srv != dst_srv)
+        return !src_srv;
+    long s = PyLong_AsLong(sport), d = PyLong_AsLong(dport);
+    if ((s == -1 || d == -1) && PyErr_Occurred())
+        return -1;
+    long low = s < d ? s : d, high = s < d ? d : s;
+    if (low < 1024 && 1024 <= high)
+        return d == low;
+    int response = PyObject_RichCompareBool(kind, S_response, Py_EQ);
+    return response < 0 ? -1 : !response;
+}
+
+/* One key of an event: a new tuple, or NULL with an exception. */
+static PyObject *
+tally_key(Tally *t, TallyKey *key, PyObject *ev, PyObject *detail)
+{
+    PyObject *out = PyTuple_New(key->n);
+    if (out == NULL)
         return NULL;
-    PyObject *key = PyTuple_New(f->nfields + ndetail);
-    if (key == NULL)
-        return NULL;
-    for (int i = 0; i < f->nfields; i++) {
-        PyObject *v = *otsec_event_field(ev, f->fields[i]);
+    for (int i = 0; i < key->n; i++) {
+        PyObject *v;
+        if (key->field[i] == TALLY_BY_CLIENT) {
+            int by_client = tally_by_client(t, ev);
+            v = by_client < 0 ? NULL : by_client ? Py_True : Py_False;
+        } else if (key->field[i] == TALLY_DETAIL) {
+            v = PyDict_GetItemWithError(detail, key->entry[i]);
+            if (v == NULL && !PyErr_Occurred())
+                v = Py_None;
+        } else {
+            v = tally_field(ev, key->field[i]);
+        }
         if (v == NULL) {
-            Py_DECREF(key);
+            Py_DECREF(out);
             return NULL;
         }
-        PyTuple_SET_ITEM(key, i, Py_NewRef(v));
+        PyTuple_SET_ITEM(out, i, Py_NewRef(v));
     }
-    for (Py_ssize_t k = 0; k < ndetail; k++) {
-        PyObject *v = PyDict_GetItemWithError(detail, PyTuple_GET_ITEM(f->detail_keys, k));
-        if (v == NULL && PyErr_Occurred()) {
-            Py_DECREF(key);
-            return NULL;
+    return out;
+}
+
+/* Count one event under every key (and hand it over where it must be). */
+static int
+tally_event(Tally *t, PyObject *ev)
+{
+    PyObject *detail = NULL;
+    if (Py_IS_TYPE(ev, otsec_Event))
+        detail = *otsec_event_field(ev, EV_DETAIL);
+    if (detail == NULL || (t->needs_detail && !PyDict_CheckExact(detail))) {
+        PyObject *r = PyObject_CallOneArg(t->add_event, ev);
+        Py_XDECREF(r);
+        return r == NULL ? -1 : 0;
+    }
+    for (int k = 0; k < t->nkeys; k++) {
+        TallyKey *key = &t->key[k];
+        PyObject *tuple = tally_key(t, key, ev, detail);
+        if (tuple == NULL)
+            return -1;
+        PyObject *slot = PyDict_GetItemWithError(key->slot_of, tuple);
+        if (slot != NULL) {
+            t->counts[PyLong_AsSsize_t(slot)]++;
+            Py_DECREF(tuple);
+            continue;
         }
-        PyTuple_SET_ITEM(key, f->nfields + k, Py_NewRef(v ? v : f->absent));
-    }
-    return key;
-}
-
-/* Count one event (or fold it at once). */
-static int
-fold_event(Fold *f, PyObject *ev)
-{
-    PyObject *key = fold_key(f, ev);
-    if (key == NULL)
-        return PyErr_Occurred() ? -1 : fold_call(f, ev, 1);
-    PyObject *slot = PyDict_GetItemWithError(f->slot_of, key);
-    if (slot != NULL) {
-        f->counts[PyLong_AsSsize_t(slot)]++;
-        Py_DECREF(key);
-        return 0;
-    }
-    if (PyErr_Occurred() || (f->used == f->limit && fold_flush(f) < 0)) {
-        Py_DECREF(key);
-        return -1;
-    }
-    slot = PyLong_FromSsize_t(f->used);
-    if (slot == NULL || PyDict_SetItem(f->slot_of, key, slot) < 0) {
-        Py_XDECREF(slot);
-        Py_DECREF(key);
-        return -1;
-    }
-    Py_DECREF(slot);
-    f->keys[f->used] = key;
-    f->counts[f->used++] = 1;
-    return 0;
-}
-
-/* The EV_ indices of a sequence of field names. */
-static int
-fold_fields(PyObject *names, int *out, int *n)
-{
-    PyObject *seq = PySequence_Fast(names, "fold_by: field names must be a sequence");
-    if (seq == NULL)
-        return -1;
-    *n = 0;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        int index = otsec_event_field_index(PySequence_Fast_GET_ITEM(seq, i));
-        if (index < 0 || *n == EV_FIELDS) {
-            PyErr_Format(PyExc_ValueError, "fold_by: %R is not a field of model.Event",
-                         PySequence_Fast_GET_ITEM(seq, i));
-            Py_DECREF(seq);
+        if (PyErr_Occurred() || (t->used == t->limit && tally_flush(t) < 0)) {
+            Py_DECREF(tuple);
             return -1;
         }
-        out[(*n)++] = index;
+        slot = PyLong_FromSsize_t(t->used);
+        if (slot == NULL || PyDict_SetItem(key->slot_of, tuple, slot) < 0) {
+            Py_XDECREF(slot);
+            Py_DECREF(tuple);
+            return -1;
+        }
+        Py_DECREF(slot);
+        t->keys[t->used] = tuple;
+        t->owner[t->used] = k;
+        t->counts[t->used++] = 1;
+    }
+    for (int i = 0; i < t->napart; i++) {
+        PyObject *v = tally_field(ev, t->apart[i]);
+        int set = v == NULL ? -1 : v == Py_None ? 0 : PyList_CheckExact(v) ? PyList_GET_SIZE(v) > 0
+                                                                          : PyObject_IsTrue(v);
+        if (set < 0)
+            return -1;
+        if (set) {
+            PyObject *r = PyObject_CallOneArg(t->add_apart, ev);
+            Py_XDECREF(r);
+            return r == NULL ? -1 : 0;
+        }
+    }
+    return 0;
+}
+
+/* The EV_ index of a field name, or -1 with ValueError. */
+static int
+tally_field_index(PyObject *name)
+{
+    int index = otsec_event_field_index(name);
+    if (index < 0)
+        PyErr_Format(PyExc_ValueError, "tally_by: %R is not a field of model.Event", name);
+    return index;
+}
+
+/* Read Tally.keys into t (names checked; see otsec.analysis.tally). 0 or -1. */
+static int
+tally_keys(Tally *t, PyObject *keys, PyObject *counts)
+{
+    PyObject *seq = PySequence_Fast(keys, "tally_by: keys must be a sequence");
+    if (seq == NULL)
+        return -1;
+    Py_ssize_t nkeys = PySequence_Fast_GET_SIZE(seq);
+    if (nkeys > TALLY_MAX_KEYS || !PyTuple_Check(counts) || PyTuple_GET_SIZE(counts) != nkeys) {
+        PyErr_Format(PyExc_ValueError, "tally_by: at most %d keys, and one counts dict per key",
+                     TALLY_MAX_KEYS);
+        Py_DECREF(seq);
+        return -1;
+    }
+    int rc = 0;
+    for (Py_ssize_t k = 0; k < nkeys && rc == 0; k++) {
+        TallyKey *key = &t->key[t->nkeys++];
+        key->n = 0;
+        key->into = Py_NewRef(PyTuple_GET_ITEM(counts, k));
+        key->slot_of = PyDict_New();
+        PyObject *names = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, k), "tally_by: a key is a sequence of names");
+        if (key->slot_of == NULL || names == NULL || !PyDict_CheckExact(key->into)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "tally_by: counts must be dicts");
+            Py_XDECREF(names);
+            rc = -1;
+            break;
+        }
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(names) && rc == 0; i++) {
+            PyObject *name = PySequence_Fast_GET_ITEM(names, i);
+            if (key->n == TALLY_MAX_NAMES || !PyUnicode_Check(name)) {
+                PyErr_Format(PyExc_ValueError, "tally_by: a key has at most %d names (str)", TALLY_MAX_NAMES);
+                rc = -1;
+            } else if (PyUnicode_CompareWithASCIIString(name, "by_client") == 0) {
+                key->entry[key->n] = NULL;
+                key->field[key->n++] = TALLY_BY_CLIENT;
+            } else if (PyUnicode_GET_LENGTH(name) > 7 && PyUnicode_Tailmatch(name, S_detail_dot, 0, 7, -1) == 1) {
+                key->entry[key->n] = PyUnicode_Substring(name, 7, PyUnicode_GET_LENGTH(name));
+                key->field[key->n] = TALLY_DETAIL;
+                t->needs_detail = 1;
+                rc = key->entry[key->n++] == NULL ? -1 : 0;
+            } else {
+                int index = tally_field_index(name);
+                key->entry[key->n] = NULL;
+                key->field[key->n] = index;
+                rc = index < 0 ? -1 : (key->n++, 0);
+            }
+        }
+        Py_DECREF(names);
     }
     Py_DECREF(seq);
-    return 0;
+    return rc;
 }
 
 typedef struct FlowTableObject FlowTableObject;
@@ -865,7 +942,7 @@ struct FlowTableObject {
     size_t nbuckets, nentries;
     struct Conn *graveyard;     /* ended during the current call; freed when it returns */
     int busy;                   /* a call is in progress (see enter()) */
-    Fold fold;
+    Tally tally;
 };
 
 /* health.<name> += n */
@@ -1297,22 +1374,21 @@ conn_free(Conn *c)
     PyMem_Free(c);
 }
 
-/* Write the C-side counters of a connection into its Flow record. */
+/* Write the C-side counters of a connection into its Flow record (its slots: the record
+ * is always a model.Flow made by new_flow). */
 static int
 conn_sync(Conn *c)
 {
     PyObject *f = c->flow;
-    if (set_float_attr(f, S_last_ts, c->last_ts) < 0 ||
-        set_long_attr(f, S_last_packet, c->last_packet) < 0 ||
-        set_long_attr(f, S_packets_c2s, c->packets[1]) < 0 ||
-        set_long_attr(f, S_packets_s2c, c->packets[0]) < 0 ||
-        set_long_attr(f, S_bytes_c2s, c->bytes[1]) < 0 ||
-        set_long_attr(f, S_bytes_s2c, c->bytes[0]) < 0 ||
-        set_long_attr(f, S_events, c->events) < 0 ||
-        PyObject_SetAttr(f, S_client_mac, c->client_mac ? c->client_mac : Py_None) < 0 ||
-        PyObject_SetAttr(f, S_server_mac, c->server_mac ? c->server_mac : Py_None) < 0)
-        return -1;
-    return 0;
+    return flow_put(f, FL_LAST_TS, PyFloat_FromDouble(c->last_ts)) < 0 ||
+           flow_put(f, FL_LAST_PACKET, PyLong_FromLongLong(c->last_packet)) < 0 ||
+           flow_put(f, FL_PACKETS_C2S, PyLong_FromLongLong(c->packets[1])) < 0 ||
+           flow_put(f, FL_PACKETS_S2C, PyLong_FromLongLong(c->packets[0])) < 0 ||
+           flow_put(f, FL_BYTES_C2S, PyLong_FromLongLong(c->bytes[1])) < 0 ||
+           flow_put(f, FL_BYTES_S2C, PyLong_FromLongLong(c->bytes[0])) < 0 ||
+           flow_put(f, FL_EVENTS, PyLong_FromLongLong(c->events)) < 0 ||
+           flow_put(f, FL_CLIENT_MAC, Py_NewRef(c->client_mac ? c->client_mac : Py_None)) < 0 ||
+           flow_put(f, FL_SERVER_MAC, Py_NewRef(c->server_mac ? c->server_mac : Py_None)) < 0 ? -1 : 0;
 }
 
 /* Free what ended during the current call (its Flow gets its final counters first, as
@@ -1372,12 +1448,14 @@ emit(FlowTableObject *self, Conn *c, int from_client, PyObject *events)
             session_pair(self, c->session, ev) < 0)
             return -1;
         c->events++;
-        if (self->fold.fold != NULL && fold_event(&self->fold, ev) < 0)
+        if (self->tally.add_event != NULL && tally_event(&self->tally, ev) < 0)
             return -1;
-        PyObject *r = PyObject_CallOneArg(self->on_event, ev);
-        if (r == NULL)
-            return -1;
-        Py_DECREF(r);
+        if (self->on_event != Py_None) {
+            PyObject *r = PyObject_CallOneArg(self->on_event, ev);
+            if (r == NULL)
+                return -1;
+            Py_DECREF(r);
+        }
     }
     return 0;
 }
@@ -1655,7 +1733,7 @@ end_conn(FlowTableObject *self, Conn *c)
             dict_add(self->counters, S_gap_bytes, s->gap_bytes) < 0)
             return -1;
     }
-    if (attr_add(c->flow, S_gaps, gaps) < 0)
+    if (gaps && attr_add(c->flow, S_gaps, gaps) < 0)
         return -1;
     if (c->streams[0].overlap_conflicts || c->streams[1].overlap_conflicts) {
         PyObject *anomalies = PyObject_GetAttr(c->flow, S_anomalies);
@@ -1670,13 +1748,10 @@ end_conn(FlowTableObject *self, Conn *c)
         PyObject *it = PyObject_GetIter(c->session->protocols);
         PyObject *only = it ? PyIter_Next(it) : NULL;
         Py_XDECREF(it);
-        if (only == NULL || PyObject_SetAttr(c->flow, S_app, only) < 0) {
-            Py_XDECREF(only);
+        if (flow_put(c->flow, FL_APP, only) < 0)
             return -1;
-        }
-        Py_DECREF(only);
     }
-    if (PyObject_SetAttr(c->flow, S_capture, self->capture) < 0 || conn_sync(c) < 0)
+    if (flow_put(c->flow, FL_CAPTURE, Py_NewRef(self->capture)) < 0 || conn_sync(c) < 0)
         return -1;
     Py_INCREF(c->order);
     Py_SETREF(self->emitting, c->order);
@@ -2394,41 +2469,62 @@ table_finish(FlowTableObject *self, PyObject *Py_UNUSED(ignored))
     if (enter(self) < 0)
         return NULL;
     int rc = retire_all(self, INFINITY);
-    if (rc == 0 && self->fold.fold != NULL)
-        rc = fold_flush(&self->fold);
+    if (rc == 0 && self->tally.add_event != NULL)
+        rc = tally_flush(&self->tally);
     return done(self, rc);
 }
 
+/* tally_by(tally, counts, add_apart, add_event, limit): count events by the keys of an
+ * otsec.analysis.tally.Tally into counts (one dict per key), at most limit new keys between
+ * two additions to the dicts. */
 static PyObject *
-table_fold_by(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
+table_tally_by(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t limit;
-    if (nargs != 5 || !PyTuple_Check(args[1]) || !PyCallable_Check(args[3])
+    if (nargs != 5 || !PyCallable_Check(args[2]) || !PyCallable_Check(args[3])
         || (limit = PyLong_AsSsize_t(args[4])) < 1) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "fold_by(fields, detail_keys: tuple, only_without, "
-                            "fold: callable, limit: int >= 1)");
+            PyErr_SetString(PyExc_TypeError, "tally_by(tally, counts: tuple of dicts, add_apart: callable, "
+                            "add_event: callable, limit: int >= 1)");
         return NULL;
     }
-    if (self->fold.fold != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "fold_by: events are already folded");
+    if (self->tally.add_event != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "tally_by: events are already counted");
         return NULL;
     }
-    Fold *f = &self->fold;
-    if (fold_fields(args[0], f->fields, &f->nfields) < 0 ||
-        fold_fields(args[2], f->unless, &f->nunless) < 0)
-        return NULL;
-    f->keys = PyMem_Calloc(limit, sizeof *f->keys);
-    f->counts = PyMem_Calloc(limit, sizeof *f->counts);
-    f->slot_of = PyDict_New();
-    f->absent = PyBaseObject_Type.tp_alloc(&PyBaseObject_Type, 0);
-    if (f->keys == NULL || f->counts == NULL || f->slot_of == NULL || f->absent == NULL) {
-        fold_clear(f);
+    Tally *t = &self->tally;
+    PyObject *keys = PyObject_GetAttrString(args[0], "keys");
+    PyObject *apart = keys == NULL ? NULL : PyObject_GetAttrString(args[0], "apart");
+    PyObject *apart_seq = apart == NULL ? NULL : PySequence_Fast(apart, "tally_by: apart must be a sequence");
+    t->server_ports = apart_seq == NULL ? NULL : PyObject_GetAttrString(args[0], "server_ports");
+    int rc = t->server_ports == NULL || tally_keys(t, keys, args[1]) < 0 ? -1 : 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PySequence_Fast_GET_SIZE(apart_seq); i++) {
+        int index = i < EV_FIELDS ? tally_field_index(PySequence_Fast_GET_ITEM(apart_seq, i)) : -1;
+        if (index < 0)
+            rc = -1;
+        else
+            t->apart[t->napart++] = index;
+    }
+    Py_XDECREF(keys);
+    Py_XDECREF(apart);
+    Py_XDECREF(apart_seq);
+    if (rc == 0) {
+        t->keys = PyMem_Calloc(limit, sizeof *t->keys);
+        t->counts = PyMem_Calloc(limit, sizeof *t->counts);
+        t->owner = PyMem_Calloc(limit, sizeof *t->owner);
+        t->ports_known = PyDict_New();
+        if (t->keys == NULL || t->counts == NULL || t->owner == NULL || t->ports_known == NULL)
+            rc = -1;
+    }
+    if (rc < 0) {
+        tally_clear(t);
+        t->napart = 0;
+        t->needs_detail = 0;
         return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     }
-    f->limit = limit;
-    f->detail_keys = Py_NewRef(args[1]);
-    f->fold = Py_NewRef(args[3]);
+    t->limit = limit;
+    t->add_apart = Py_NewRef(args[2]);
+    t->add_event = Py_NewRef(args[3]);
     Py_RETURN_NONE;
 }
 
@@ -2565,8 +2661,11 @@ table_traverse(FlowTableObject *self, visitproc visit, void *arg)
     Py_VISIT(self->on_flow);
     Py_VISIT(self->health);
     Py_VISIT(self->counters);
-    Py_VISIT(self->fold.fold);
-    Py_VISIT(self->fold.slot_of);
+    Py_VISIT(self->tally.add_apart);
+    Py_VISIT(self->tally.add_event);
+    Py_VISIT(self->tally.server_ports);
+    for (int k = 0; k < self->tally.nkeys; k++)
+        Py_VISIT(self->tally.key[k].into);
     for (Conn *c = self->first; c; c = c->next) {
         Py_VISIT(c->flow);
         if (c->session) {
@@ -2613,7 +2712,7 @@ table_clear(FlowTableObject *self)
     Py_CLEAR(self->counters);
     Py_CLEAR(self->capture);
     Py_CLEAR(self->emitting);
-    fold_clear(&self->fold);
+    tally_clear(&self->tally);
     return 0;
 }
 
@@ -2641,9 +2740,9 @@ static PyMethodDef table_methods[] = {
     {"retire_all", (PyCFunction)table_retire_all, METH_O,
      "retire_all(pkt_no): report every connection still open"},
     {"finish", (PyCFunction)table_finish, METH_NOARGS, "end of input: report every open connection"},
-    {"fold_by", (PyCFunction)(void (*)(void))table_fold_by, METH_FASTCALL,
-     "fold_by(fields, detail_keys, only_without, fold, limit): count the events that agree on "
-     "these fields and call fold(event, n) once per group (at the latest at finish)"},
+    {"tally_by", (PyCFunction)(void (*)(void))table_tally_by, METH_FASTCALL,
+     "tally_by(tally, counts, add_apart, add_event, limit): count events by the keys of an "
+     "otsec.analysis.tally.Tally into counts, one dict per key (added to at the latest at finish)"},
     {"open_flows", (PyCFunction)table_open_flows, METH_NOARGS,
      "the connections tracked now, as their (still growing) flow records"},
     {NULL}
@@ -2796,7 +2895,7 @@ intern_names(void)
     I(S_dst_port, "dst_port"); I(S_dst_mac, "dst_mac"); I(S_packet, "packet"); I(S_ts, "ts");
     I(S_protocol, "protocol"); I(S_pair_key, "pair_key"); I(S_kind, "kind");
     I(S_anomalies, "anomalies"); I(S_request_packet, "request_packet"); I(S_targets, "targets");
-    I(S_request, "request"); I(S_response, "response"); I(S_name, "name"); I(S_probe, "probe");
+    I(S_detail_dot, "detail."); I(S_request, "request"); I(S_response, "response"); I(S_name, "name"); I(S_probe, "probe");
     I(S_frame, "frame"); I(S_decode, "decode"); I(S_new_state, "new_state");
     I(S_decoded, "decoded"); I(S_app, "app"); I(S_client_ip, "client_ip");
     I(S_server_ip, "server_ip"); I(S_client_port, "client_port"); I(S_server_port, "server_port");
