@@ -26,7 +26,7 @@ typedef struct {
 } Layout;
 
 static Layout event_layout, target_layout, flow_layout;
-PyTypeObject *otsec_Event, *otsec_Target;
+PyTypeObject *otsec_Event, *otsec_Target, *otsec_Flow;
 Py_ssize_t otsec_event_offset[EV_FIELDS], otsec_flow_offset[FL_FIELDS];
 
 static const char *const event_names[EV_FIELDS] = {
@@ -148,13 +148,25 @@ otsec_target_new(PyObject *const *args, int nargs)
     return layout_new(&target_layout, args, nargs, 0);
 }
 
+static int
+field_index(PyObject *name, const char *const *names, int count)
+{
+    for (int i = 0; i < count; i++)
+        if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, names[i]) == 0)
+            return i;
+    return -1;
+}
+
 int
 otsec_event_field_index(PyObject *name)
 {
-    for (int i = 0; i < EV_FIELDS; i++)
-        if (PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, event_names[i]) == 0)
-            return i;
-    return -1;
+    return field_index(name, event_names, EV_FIELDS);
+}
+
+int
+otsec_flow_field_index(PyObject *name)
+{
+    return field_index(name, flow_names, FL_FIELDS);
 }
 
 int
@@ -170,6 +182,7 @@ otsec_model_init(void)
     if (rc == 0) {
         otsec_Event = event_layout.type;
         otsec_Target = target_layout.type;
+        otsec_Flow = flow_layout.type;
         memcpy(otsec_event_offset, event_layout.offset, sizeof otsec_event_offset);
         memcpy(otsec_flow_offset, flow_layout.offset, sizeof otsec_flow_offset);
     }

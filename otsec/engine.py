@@ -71,7 +71,7 @@ SOURCE_CLOCK_SLACK = 1.0
 #: Keys the compiled flow layer counts events under before it adds the counts to the
 #: reducer's dicts (about 250 bytes each; a plant's keys mostly fit, so most events only
 #: find their key's slot).
-TALLY_SLOTS = 65_536
+TALLY_SLOTS = 8_192
 
 
 def _ignore(_item) -> None:
@@ -96,24 +96,28 @@ class Engine:
                  on_event: Callable[[Event], None] | None = None,
                  on_flow: Callable[[Flow], None] | None = None, reducer=None):
         """``reducer`` (see :func:`reduce`) is given every event and flow before the
-        callbacks see them; the compiled flow layer counts the events by the reducer's
-        ``TALLY`` keys itself (see otsec.analysis.tally) and hands it only what the
-        counts cannot hold."""
+        callbacks see them; the compiled flow layer counts the events and flows by the
+        reducer's ``TALLY`` and ``FLOW_TALLY`` keys itself (see otsec.analysis.tally) and
+        hands it only what the counts cannot hold."""
         self.config = config or EngineConfig()
         self.health = Health()
         compiled = self.config.compiled and CompiledFlowTable is not None
         tally = getattr(reducer, "TALLY", None) if compiled else None
+        flow_tally = getattr(reducer, "FLOW_TALLY", None) if compiled else None
         if reducer is not None:
             on_event = _both(None if tally else reducer.add_event, on_event)
-            on_flow = _both(reducer.add_flow, on_flow)
-        # the compiled table takes None for "no callback" and then makes no call per event
+            on_flow = _both(None if flow_tally else reducer.add_flow, on_flow)
+        # the compiled table takes None for "no callback" and then makes no call per item
+        nothing = None if compiled else _ignore
         self.table = (CompiledFlowTable if compiled else FlowTable)(
-            self.config.decoders, self.config.ports, on_event or (None if compiled else _ignore),
-            on_flow or _ignore, self.health, max_flows=self.config.max_flows,
+            self.config.decoders, self.config.ports, on_event or nothing, on_flow or nothing,
+            self.health, max_flows=self.config.max_flows,
             tcp_idle=self.config.tcp_idle_timeout, udp_idle=self.config.udp_idle_timeout,
             shard=self.config.shard)
         if tally:
             self.table.tally_by(tally, reducer.counts, reducer.add_apart, reducer.add_event, TALLY_SLOTS)
+        if flow_tally:
+            self.table.tally_by(flow_tally, reducer.flow_counts, reducer.add_flow, reducer.add_flow, TALLY_SLOTS)
         self.packets = 0
         self.bytes = 0
         self.skipped: dict[str, int] = {}

@@ -1,12 +1,12 @@
-"""Events counted by key (otsec.analysis.tally): the compiled flow layer's counting
-(FlowTable.tally_by) equals Python's, and the analyze summary built on it equals the one
-the Python engine builds event by event.
+"""Events and flows counted by key (otsec.analysis.tally): the compiled flow layer's
+counting (FlowTable.tally_by) equals Python's, and the analyze summary built on it equals
+the one the Python engine builds event by event.
 
-The compiled table counts each event under the summary's ``TALLY`` keys itself and hands
-the summary only events with an ``apart`` field set; the Python engine calls
-``add_event`` for every event. Both must give the same counts (also when the slots run
-out and are handed over often, and with ``--jobs``), the same apart events in the same
-order, and so the same report.
+The compiled table counts each event (flow) under the summary's ``TALLY`` (``FLOW_TALLY``)
+keys itself and hands the summary only events with an ``apart`` field set; the Python
+engine calls ``add_event`` and ``add_flow`` for every one. Both must give the same counts
+(also when the slots run out and are handed over often, and with ``--jobs``), the same
+apart events in the same order, and so the same report.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from otsec.analysis.inventory import Summary
 from otsec.analysis.sides import sent_by_client
 from otsec.analysis.tally import Tally
 from otsec.engine import Engine, EngineConfig, reduce
+from otsec.model import Flow
 from otsec.flow.session import Health
 from otsec.flow.table import ACK, SYN, TCP
 from tests.corpus import captures
@@ -39,8 +40,8 @@ def report(summary: Summary, stats: dict) -> str:
 def state(summary: Summary) -> tuple:
     """Everything the summary holds, in order where order is kept."""
     known = {ip: dataclasses.asdict(h) for ip, h in summary.known.items()}
-    return ([list(c.items()) for c in summary.counts], known, list(summary.anomalies.items()),
-            summary.flows, list(summary.apps.items()))
+    return ([list(c.items()) for c in summary.counts], [list(c.items()) for c in summary.flow_counts],
+            known, list(summary.anomalies.items()))
 
 
 # --- the compiled engine's summary equals the one counted event by event --------------------
@@ -76,6 +77,10 @@ def test_counts_on_the_benchmark_also_with_jobs(bench_200k):
 def test_a_key_names_event_fields_detail_entries_or_by_client():
     with pytest.raises(ValueError, match="'colour' is not a field of model.Event"):
         Tally(keys=(("function", "colour"),)).counter()
+    with pytest.raises(ValueError, match="'by_client' is not a field of model.Flow$"):
+        Tally(keys=(("app", "by_client"),), record=Flow).counter()
+    with pytest.raises(ValueError, match="condition: 'colour' is not a field of model.Event"):
+        Tally(keys=(("function",),), when=(("colour", 1),)).counter()
     from otsec.model import Event
     ev = Event("modbus", "request", "Read Coils", "read", src_ip="a", src_port=40000, dst_port=502,
                detail={"unit_id": 1}, anomalies=["x"])
@@ -83,6 +88,9 @@ def test_a_key_names_event_fields_detail_entries_or_by_client():
     apart = Tally(keys=(("function",), ("detail.unit_id", "detail.nowhere", "by_client")),
                   apart=("identity", "anomalies")).counter()(counts, ev)
     assert counts == ({("Read Coils",): 1}, {(1, None, True): 1}) and apart is True
+    only_responses = Tally(keys=(("function",), ("kind",)), when=(None, ("kind", "response")))
+    counts = only_responses.counters()
+    assert only_responses.counter()(counts, ev) is False and counts == ({("Read Coils",): 1}, {})
 
 
 # --- the table's side of the contract --------------------------------------------------------
@@ -110,9 +118,9 @@ class Recorder:
         self.whole: list = []
 
 
-def toy_table(tally: Tally, seen: list, limit: int = 100, decoder=SIZED_TOY):
+def toy_table(tally: Tally, seen: list, limit: int = 100, decoder=SIZED_TOY, flows: list | None = None):
     table_class = require_compiled()
-    table = table_class((decoder,), {}, seen.append, lambda flow: None, Health())
+    table = table_class((decoder,), {}, seen.append, flows.append if flows is not None else None, Health())
     rec = Recorder(tally)
     table.tally_by(tally, rec.counts, rec.apart.append, rec.whole.append, limit)
     return table, rec
@@ -155,6 +163,28 @@ def test_events_are_counted_by_each_key_and_added_at_finish():
     assert len(seen) == 4 and rec.counts == python_counts(KEYS, seen)
     assert rec.counts[1] == {("request", 6, None): 3, ("request", 7, None): 1}
     assert rec.apart == rec.whole == []
+
+
+def test_a_key_with_a_condition_counts_only_the_events_that_meet_it():
+    seen: list = []
+    tally = Tally(keys=(("function",), ("function", "kind")), when=(("kind", "response"), None))
+    table, rec = toy_table(tally, seen)
+    toy_packets(table, msg(b"q", 1, b"a"), msg(b"q", 2, b"b"), answers=(msg(b"r", 1, b"a"),))
+    table.finish()
+    assert rec.counts == python_counts(tally, seen) == ({("a",): 1}, {
+        ("a", "request"): 1, ("b", "request"): 1, ("a", "response"): 1})
+
+
+def test_flows_are_counted_by_their_fields():
+    seen: list = []
+    flows: list = []
+    tally = Tally(keys=(("app",), ("client_ip", "server_port", "packets_c2s")), record=Flow)
+    table, rec = toy_table(tally, seen, flows=flows)
+    toy_packets(table, msg(b"q", 1, b"a"), msg(b"q", 2, b"b"))
+    toy_packets(table, msg(b"q", 3, b"c"), client_port=40001)
+    table.finish()
+    assert len(flows) == 2 and rec.counts == python_counts(tally, flows)
+    assert rec.counts[0] == {("toy",): 2} and rec.apart == rec.whole == []
 
 
 def test_full_slots_are_added_and_counting_goes_on():
@@ -207,8 +237,12 @@ def _as(protocol: str):
 def test_tally_by_refuses_what_it_cannot_do():
     seen: list = []
     table, rec = toy_table(KEYS, seen)
-    with pytest.raises(RuntimeError, match="already counted"):
+    with pytest.raises(RuntimeError, match="events are already counted"):
         table.tally_by(KEYS, KEYS.counters(), print, print, 10)
+    flow_keys = Tally(keys=(("app",),), record=Flow)
+    table.tally_by(flow_keys, flow_keys.counters(), print, print, 10)   # flows: a tally of their own
+    with pytest.raises(RuntimeError, match="flows are already counted"):
+        table.tally_by(flow_keys, flow_keys.counters(), print, print, 10)
     table_class = require_compiled()
 
     def fresh():
@@ -223,6 +257,15 @@ def test_tally_by_refuses_what_it_cannot_do():
         fresh().tally_by(KEYS, ({},), print, print, 10)
     with pytest.raises(TypeError, match="counts must be dicts"):
         fresh().tally_by(KEYS, ({}, []), print, print, 10)
+    with pytest.raises(ValueError, match="'by_client' is not a field of model.Flow"):
+        fresh().tally_by(Tally(keys=(("by_client",),), record=Flow), ({},), print, print, 10)
+    with pytest.raises(ValueError, match="'colour' is not a field of model.Event"):
+        fresh().tally_by(Tally(keys=(("kind",),), when=(("colour", 1),)), ({},), print, print, 10)
+    with pytest.raises(TypeError, match="a condition is"):
+        fresh().tally_by(Tally(keys=(("kind",),), when=("kind",)), ({},), print, print, 10)
+    from otsec.model import Target
+    with pytest.raises(ValueError, match="counts model.Event or model.Flow"):
+        fresh().tally_by(Tally(keys=(("kind",),), record=Target), ({},), print, print, 10)
 
 
 def test_an_error_in_add_apart_comes_out_of_the_packet_that_caused_it():
@@ -244,7 +287,7 @@ def test_the_engine_counts_by_key_only_on_the_compiled_layer():
 
         def __init__(self):
             self.counts = self.TALLY.counters()
-            self.calls = self.apart_calls = 0
+            self.calls = self.apart_calls = self.flows = 0
 
         def add_event(self, ev):
             self.calls += 1
@@ -255,7 +298,7 @@ def test_the_engine_counts_by_key_only_on_the_compiled_layer():
             self.apart_calls += 1
 
         def add_flow(self, flow):
-            pass
+            self.flows += 1   # no FLOW_TALLY: every flow, also on the compiled layer
 
     path = next(p for p in EXAMPLES if "incident" in p.name)
     compiled, python = Counting(), Counting()
@@ -265,3 +308,4 @@ def test_the_engine_counts_by_key_only_on_the_compiled_layer():
         engine.finish()
     assert compiled.counts == python.counts and compiled.apart_calls == python.apart_calls > 0
     assert compiled.calls == 0 and python.calls == sum(python.counts[1].values())
+    assert compiled.flows == python.flows > 0

@@ -106,26 +106,34 @@ class Host:
 class Summary:
     """Streaming aggregation of events and flows into the analyze report.
 
-    Events are counted by two keys (see :mod:`otsec.analysis.tally`): who (IP and MAC)
-    sent what to whom in which direction of its connection, and per function. The
-    hosts, who-talks-to-whom and function tables are derived from those counts when the
-    report asks; what a count cannot hold (identities, anomaly flags, flows) is added to
-    ``known`` hosts and counters as it comes."""
+    Events are counted by key (see :mod:`otsec.analysis.tally`): per sender and MAC, per
+    function, and who asked whom for what (requests) and with what result (responses),
+    each oriented by its connection. The hosts, who-talks-to-whom, function and security
+    tables are derived from those counts when the report asks; what a count cannot hold
+    (identities, anomaly flags, flows) is added to ``known`` hosts and counters as it
+    comes."""
 
     TALLY = Tally(
-        keys=(("src_ip", "src_mac", "dst_ip", BY_CLIENT, "protocol", "kind", "op_class", "result"),
-              ("protocol", "function_code", "function", "kind", "result", "detail.security_mode")),
+        keys=(("src_ip", "src_mac"),
+              ("protocol", "function_code", "function", "kind", "result", "detail.security_mode"),
+              ("src_ip", "dst_ip", BY_CLIENT, "protocol", "op_class"),
+              ("src_ip", "dst_ip", BY_CLIENT, "protocol", "result")),
+        when=(None, None, ("kind", "request"), ("kind", "response")),
         apart=("identity", "anomalies"))
+    #: Flows: per application, and per client and server with their MACs.
+    FLOW_TALLY = Tally(keys=(("app",), ("client_ip", "client_mac"), ("server_ip", "server_mac")),
+                       record=Flow)
     _count = staticmethod(TALLY.counter())
+    _count_flow = staticmethod(FLOW_TALLY.counter())
 
     def __init__(self) -> None:
-        #: per TALLY key: key tuple -> events (the compiled flow layer adds to these dicts)
+        #: per TALLY (FLOW_TALLY) key: key tuple -> events (flows); the compiled flow layer
+        #: adds to these dicts
         self.counts = self.TALLY.counters()
-        #: what flows and identities said of hosts; the event counts are added by hosts
+        self.flow_counts = self.FLOW_TALLY.counters()
+        #: what identities said of hosts; the counts are added by hosts
         self.known: dict[str, Host] = {}
         self.anomalies: Counter = Counter()
-        self.flows = 0
-        self.apps: Counter = Counter()
 
     def _known(self, ip: str) -> Host:
         host = self.known.get(ip)
@@ -146,19 +154,20 @@ class Summary:
             self.anomalies[flag] += 1
 
     def add_flow(self, flow: Flow) -> None:
-        self.flows += 1
-        self.apps[flow.app] += 1
-        for ip, mac in ((flow.client_ip, flow.client_mac), (flow.server_ip, flow.server_mac)):
-            if _group_address(ip):
-                continue  # multicast/broadcast destinations are not hosts
-            host = self._known(ip)
-            host.flows += 1
-            if mac:
-                host.macs.add(mac)
+        self._count_flow(self.flow_counts, flow)
 
     @property
     def events(self) -> int:
         return sum(self.counts[1].values())
+
+    @property
+    def flows(self) -> int:
+        return sum(self.flow_counts[0].values())
+
+    @property
+    def apps(self) -> Counter:
+        """Flows per application, in the order the applications were first seen."""
+        return Counter({app: n for (app,), n in self.flow_counts[0].items()})
 
     @property
     def hosts(self) -> dict[str, Host]:
@@ -177,22 +186,32 @@ class Summary:
                     h.absorb(known)
             return h
 
-        for (src_ip, src_mac, dst_ip, by_client, protocol, kind, op_class, result), n in self.counts[0].items():
+        senders, _, requests, responses = self.counts
+        for src_ip, src_mac in senders:
             sender = host(src_ip)
             if src_mac:
                 sender.macs.add(src_mac)
+        for (src_ip, dst_ip, by_client, protocol, op_class), n in requests.items():
             protocol = TRANSPORT_OF.get(protocol, protocol)
             client, server = (src_ip, dst_ip) if by_client else (dst_ip, src_ip)
-            if kind == "request":
-                asker = host(client)
-                asker.used[protocol] += n
-                asker.sent_classes[op_class] += n
-                asker.peers_as_client.add(server)
-                host(server).clients.add(client)
-            elif kind == "response":
-                host(server).served[protocol] += n
-                if result in ("exception", "error"):
-                    host(client).rejected += n
+            asker = host(client)
+            asker.used[protocol] += n
+            asker.sent_classes[op_class] += n
+            asker.peers_as_client.add(server)
+            host(server).clients.add(client)
+        for (src_ip, dst_ip, by_client, protocol, result), n in responses.items():
+            client, server = (src_ip, dst_ip) if by_client else (dst_ip, src_ip)
+            host(server).served[TRANSPORT_OF.get(protocol, protocol)] += n
+            if result in ("exception", "error"):
+                host(client).rejected += n
+        for sides in self.flow_counts[1:]:
+            for (ip, mac), n in sides.items():
+                if _group_address(ip):
+                    continue  # multicast/broadcast destinations are not hosts
+                h = host(ip)
+                h.flows += n
+                if mac:
+                    h.macs.add(mac)
         for ip in self.known.keys() - hosts.keys():
             host(ip)
         return hosts
@@ -201,10 +220,9 @@ class Summary:
     def pairs(self) -> dict[tuple[str, str, str], Counter]:
         """(client, server, protocol) -> requests per operation class."""
         pairs: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
-        for (src_ip, _, dst_ip, by_client, protocol, kind, op_class, _), n in self.counts[0].items():
-            if kind == "request":
-                client, server = (src_ip, dst_ip) if by_client else (dst_ip, src_ip)
-                pairs[(client, server, TRANSPORT_OF.get(protocol, protocol))][op_class] += n
+        for (src_ip, dst_ip, by_client, protocol, op_class), n in self.counts[2].items():
+            client, server = (src_ip, dst_ip) if by_client else (dst_ip, src_ip)
+            pairs[(client, server, TRANSPORT_OF.get(protocol, protocol))][op_class] += n
         return pairs
 
     @property
@@ -261,11 +279,10 @@ class Summary:
     def merge(self, other: "Summary") -> None:
         """Add another shard's aggregate (connections are disjoint between shards)."""
         add_counts(self.counts, other.counts)
+        add_counts(self.flow_counts, other.flow_counts)
         for ip, theirs in other.known.items():
             self._known(ip).absorb(theirs)
         self.anomalies.update(other.anomalies)
-        self.apps.update(other.apps)
-        self.flows += other.flows
 
     def report(self, stats: dict, captures: list[str]) -> dict:
         """The analyze summary as plain data (rendered as rich tables or JSON)."""

@@ -12,13 +12,16 @@ Only the events that carry something a count cannot hold (an ``apart`` field set
 device identity, anomaly flags) are also handed to the aggregator's ``add_apart``.
 The two count the same keys (tests/test_tally.py compares them on every corpus capture).
 
-A key is a tuple of names:
+A key is a tuple of names (and may count only the events whose field has a given value,
+``when``):
 
 * an :class:`~otsec.model.Event` field, e.g. ``"src_ip"``;
 * ``"detail.<entry>"``: that entry of the event's detail, None when absent;
 * ``"by_client"``: whether the connection's client sent the event
   (:func:`otsec.analysis.sides.sent_by_client`), so that counts can be oriented by
   connection without the ports (which would make a key per connection).
+
+Flows are counted the same way (``record=Flow``), by their fields only.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ from otsec.model import Event
 
 BY_CLIENT = "by_client"
 DETAIL = "detail."
-_EVENT_FIELDS = frozenset(f.name for f in fields(Event))
 
 
 class Tally(NamedTuple):
@@ -41,6 +43,11 @@ class Tally(NamedTuple):
     keys: tuple[tuple[str, ...], ...]
     #: Event fields that, when set (non-empty), send the event to ``add_apart`` as well
     apart: tuple[str, ...] = ()
+    #: per key, (field, value): the key counts only the events whose field equals the
+    #: value; None (or no entry): every event
+    when: tuple[tuple[str, object] | None, ...] = ()
+    #: what is counted: model.Event, or model.Flow (keys of its fields only)
+    record: type = Event
 
     @property
     def server_ports(self) -> Callable[[str], frozenset[int]]:
@@ -52,16 +59,20 @@ class Tally(NamedTuple):
         return tuple({} for _ in self.keys)
 
     def counter(self) -> Callable[[tuple[dict, ...], Event], bool]:
-        """``count(counts, event)``: add the event to each key's count; True when it
+        """``count(counts, record)``: add the record to each key's count; True when it
         also has an ``apart`` field set."""
-        key_of = [_key_function(names) for names in self.keys]
+        names = frozenset(f.name for f in fields(self.record))
+        key_of = [_key_function(key, names, self.record) for key in self.keys]
+        when = [_condition(c, names, self.record)
+                for c in (*self.when, *[None] * (len(self.keys) - len(self.when)))]
         apart = attrgetter(*self.apart) if self.apart else None
         several = len(self.apart) > 1
 
-        def count(counts: tuple[dict, ...], ev: Event) -> bool:
-            for into, key in zip(counts, key_of):
-                k = key(ev)
-                into[k] = into.get(k, 0) + 1
+        def count(counts: tuple[dict, ...], ev) -> bool:
+            for into, key, applies in zip(counts, key_of, when):
+                if applies is None or applies(ev):
+                    k = key(ev)
+                    into[k] = into.get(k, 0) + 1
             if apart is None:
                 return False
             return any(apart(ev)) if several else bool(apart(ev))
@@ -75,17 +86,27 @@ def add_counts(into: tuple[dict, ...], other: tuple[dict, ...]) -> None:
             mine[key] = mine.get(key, 0) + n
 
 
-def _key_function(names: tuple[str, ...]) -> Callable[[Event], tuple]:
-    """ev -> the key tuple of these names (attrgetter when they are all plain fields)."""
+def _key_function(names: tuple[str, ...], fields_of: frozenset[str], record: type) -> Callable:
+    """record -> the key tuple of these names (attrgetter when they are all plain fields)."""
     for name in names:
-        if name != BY_CLIENT and not name.startswith(DETAIL) and name not in _EVENT_FIELDS:
-            raise ValueError(f"tally key: {name!r} is not a field of model.Event, "
-                             f"'{BY_CLIENT}' or '{DETAIL}<entry>'")
-    if all(name in _EVENT_FIELDS for name in names):
+        if name not in fields_of and (record is not Event or name != BY_CLIENT and not name.startswith(DETAIL)):
+            also = f", '{BY_CLIENT}' or '{DETAIL}<entry>'" if record is Event else ""
+            raise ValueError(f"tally key: {name!r} is not a field of model.{record.__name__}{also}")
+    if all(name in fields_of for name in names):
         get = attrgetter(*names)
         return get if len(names) > 1 else (lambda ev: (get(ev),))
     parts = [_value_function(name) for name in names]
     return lambda ev: tuple([part(ev) for part in parts])
+
+
+def _condition(when: tuple[str, object] | None, fields_of: frozenset[str], record: type) -> Callable | None:
+    if when is None:
+        return None
+    name, value = when
+    if name not in fields_of:
+        raise ValueError(f"tally condition: {name!r} is not a field of model.{record.__name__}")
+    get = attrgetter(name)
+    return lambda ev: get(ev) == value
 
 
 def _value_function(name: str) -> Callable[[Event], object]:

@@ -11,7 +11,6 @@ is used: ``otsec analyze`` imports this module for the registration of the comma
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import json
 import sys
 from pathlib import Path
@@ -336,10 +335,6 @@ def check(
     baseline = _baseline_db(baseline_db) if baseline_db else None
     db = open_database(db_path) if db_path else None
     checker = Checker(policy, baseline)
-    # what this command imported after start-up (detectors, YAML loader, rich) and built
-    # (policy, baseline) is never garbage: frozen like the start-up objects (see
-    # otsec.cli.main.run), the collector does not walk it again (~50 ms on 1M packets)
-    gc.freeze()
     damaged = _run(captures, checker.on_event, checker.on_flow, max_flows)
     findings = checker.finish()
     active = [f for f in findings if f.suppressed is None]

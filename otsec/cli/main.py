@@ -212,10 +212,13 @@ class _Stdout:
 
 
 #: Collector thresholds for otsec's processes (Python's default first one is 700). The
-#: engine allocates millions of short-lived, acyclic objects (packets, events), and with
-#: the default every few hundred of them make the collector walk the long-lived flow
-#: table and summary again: 10-12 % of an analyze run on the benchmark capture.
-GC_THRESHOLDS = (50_000, 20, 20)
+#: engine allocates millions of short-lived, acyclic objects (packets, events); what the
+#: collector walks is what lives a little longer (connections' flow records and decoder
+#: state, the summary's keys). With 50,000 it walked ~70,000 such objects every few
+#: hundred thousand packets (0.1 s of a 1M-packet analyze, 4 %); with 200,000 a run of
+#: 1M packets needs no collection, and garbage cycles (a few hundred per run: exception
+#: tracebacks) still cannot pile up beyond ~200,000 objects (~20 MB).
+GC_THRESHOLDS = (200_000, 20, 20)
 
 
 class _Terminated(BaseException):

@@ -77,8 +77,8 @@ otsec_one_event(PyObject *event)
 /* model.Event, Target and Flow made without their Python __init__ (otsec/_model.c): cls(*args),
  * the fields not given set to their defaults (blank: also None for the required ones). An
  * exact Event's field is the slot at otsec_event_offset[EV_...] (a borrowed reference;
- * NULL only after a del), a Flow's at otsec_flow_offset[FL_...]. otsec_event_field_index:
- * EV_... of a field name, or -1. */
+ * NULL only after a del), a Flow's at otsec_flow_offset[FL_...]. otsec_event_field_index
+ * (otsec_flow_field_index): EV_... (FL_...) of a field name, or -1. */
 enum {
     EV_PROTOCOL, EV_KIND, EV_FUNCTION, EV_OP_CLASS, EV_FUNCTION_CODE, EV_TARGETS, EV_RESULT,
     EV_STATUS, EV_ANOMALIES, EV_DETAIL, EV_IDENTITY, EV_PAIR_KEY, EV_TS, EV_PACKET, EV_FLOW_ID,
@@ -91,7 +91,7 @@ enum {
     FL_FIRST_PACKET, FL_LAST_PACKET, FL_PACKETS_C2S, FL_PACKETS_S2C, FL_BYTES_C2S, FL_BYTES_S2C,
     FL_EVENTS, FL_GAPS, FL_ANOMALIES, FL_CAPTURE, FL_FIELDS
 };
-extern PyTypeObject *otsec_Event, *otsec_Target;
+extern PyTypeObject *otsec_Event, *otsec_Target, *otsec_Flow;
 extern Py_ssize_t otsec_event_offset[EV_FIELDS], otsec_flow_offset[FL_FIELDS];
 int otsec_model_init(void);
 PyObject *otsec_event_new(PyObject *const *args, int nargs);
@@ -99,6 +99,7 @@ PyObject *otsec_event_blank(void);
 PyObject *otsec_flow_blank(void);
 PyObject *otsec_target_new(PyObject *const *args, int nargs);
 int otsec_event_field_index(PyObject *name);
+int otsec_flow_field_index(PyObject *name);
 
 static inline PyObject **
 otsec_event_field(PyObject *event, int field)

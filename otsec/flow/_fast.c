@@ -631,8 +631,10 @@ probe_at(PyObject *probe, PyObject *buf, Py_ssize_t pos)
  * and a C counter; no Python call. The slots' counts are added to the aggregator's dicts
  * (into[key] = into.get(key, 0) + n) when the slots run out and at finish. An event with
  * an "apart" field set is also handed to add_apart(event); one that is not a model.Event,
- * or whose detail is not a dict, to add_event(event) instead of being counted here. */
+ * or whose detail is not a dict, to add_item(event) instead of being counted here. Flows
+ * are counted the same way (by their fields only), in a tally of their own. */
 #define TALLY_MAX_KEYS 8
+enum { TALLY_EVENTS, TALLY_FLOWS };
 #define TALLY_MAX_NAMES 16
 enum { TALLY_BY_CLIENT = -1, TALLY_DETAIL = -2 };
 
@@ -640,15 +642,20 @@ typedef struct {
     int field[TALLY_MAX_NAMES];          /* EV_..., TALLY_BY_CLIENT or TALLY_DETAIL */
     PyObject *entry[TALLY_MAX_NAMES];    /* for TALLY_DETAIL: the detail entry's name */
     int n;
+    int when_field;                      /* EV_... the key's condition reads, or -1: none */
+    PyObject *when_value;                /* counted only where that field equals this */
     PyObject *slot_of;                   /* key tuple -> slot (int) */
     PyObject *into;                      /* the aggregator's dict for this key */
 } TallyKey;
 
 typedef struct {
+    PyTypeObject *type;                  /* model.Event or model.Flow: what is counted */
+    const Py_ssize_t *offset;            /* its slots (otsec_event_offset, otsec_flow_offset) */
+    int (*index_of)(PyObject *name);     /* its field names */
     TallyKey key[TALLY_MAX_KEYS];
     int nkeys, needs_detail;
     int apart[EV_FIELDS], napart;
-    PyObject *add_apart, *add_event;     /* NULL: events are not counted here */
+    PyObject *add_apart, *add_item;      /* NULL: nothing is counted here */
     PyObject *server_ports;              /* protocol -> frozenset of its server ports */
     PyObject *ports_known;               /* protocol -> server_ports(protocol), as asked */
     PyObject **keys;                     /* per slot: its key (new reference) */
@@ -697,12 +704,13 @@ tally_clear(Tally *t)
         TallyKey *key = &t->key[k];
         for (int i = 0; i < key->n; i++)
             Py_CLEAR(key->entry[i]);
+        Py_CLEAR(key->when_value);
         Py_CLEAR(key->slot_of);
         Py_CLEAR(key->into);
     }
     t->nkeys = 0;
     Py_CLEAR(t->add_apart);
-    Py_CLEAR(t->add_event);
+    Py_CLEAR(t->add_item);
     Py_CLEAR(t->server_ports);
     Py_CLEAR(t->ports_known);
     PyMem_Free(t->keys);
@@ -713,11 +721,12 @@ tally_clear(Tally *t)
     t->owner = NULL;
 }
 
-/* A field of an exact Event, as getattr gives it (NULL with AttributeError after a del). */
+/* A field of a record of the counted type, as getattr gives it (NULL with AttributeError
+ * after a del). */
 static PyObject *
-tally_field(PyObject *ev, int field)
+tally_field(Tally *t, PyObject *record, int field)
 {
-    PyObject *v = *otsec_event_field(ev, field);
+    PyObject *v = *(PyObject **)((char *)record + t->offset[field]);
     if (v == NULL)
         PyErr_SetString(PyExc_AttributeError, "an event field was deleted");
     return v;
@@ -729,8 +738,8 @@ static int
 tally_by_client(Tally *t, PyObject *ev)
 {
     PyObject *protocol, *kind, *sport, *dport;
-    if ((protocol = tally_field(ev, EV_PROTOCOL)) == NULL || (kind = tally_field(ev, EV_KIND)) == NULL ||
-        (sport = tally_field(ev, EV_SRC_PORT)) == NULL || (dport = tally_field(ev, EV_DST_PORT)) == NULL)
+    if ((protocol = tally_field(t, ev, EV_PROTOCOL)) == NULL || (kind = tally_field(t, ev, EV_KIND)) == NULL ||
+        (sport = tally_field(t, ev, EV_SRC_PORT)) == NULL || (dport = tally_field(t, ev, EV_DST_PORT)) == NULL)
         return -1;
     PyObject *ports = PyDict_GetItemWithError(t->ports_known, protocol);
     if (ports == NULL) {
@@ -773,7 +782,7 @@ tally_key(Tally *t, TallyKey *key, PyObject *ev, PyObject *detail)
             if (v == NULL && !PyErr_Occurred())
                 v = Py_None;
         } else {
-            v = tally_field(ev, key->field[i]);
+            v = tally_field(t, ev, key->field[i]);
         }
         if (v == NULL) {
             Py_DECREF(out);
@@ -784,20 +793,29 @@ tally_key(Tally *t, TallyKey *key, PyObject *ev, PyObject *detail)
     return out;
 }
 
-/* Count one event under every key (and hand it over where it must be). */
+/* Count one record under every key (and hand it over where it must be). */
 static int
-tally_event(Tally *t, PyObject *ev)
+tally_record(Tally *t, PyObject *ev)
 {
     PyObject *detail = NULL;
-    if (Py_IS_TYPE(ev, otsec_Event))
+    int exact = Py_IS_TYPE(ev, t->type);
+    if (exact && t->needs_detail)
         detail = *otsec_event_field(ev, EV_DETAIL);
-    if (detail == NULL || (t->needs_detail && !PyDict_CheckExact(detail))) {
-        PyObject *r = PyObject_CallOneArg(t->add_event, ev);
+    if (!exact || (t->needs_detail && (detail == NULL || !PyDict_CheckExact(detail)))) {
+        PyObject *r = PyObject_CallOneArg(t->add_item, ev);
         Py_XDECREF(r);
         return r == NULL ? -1 : 0;
     }
     for (int k = 0; k < t->nkeys; k++) {
         TallyKey *key = &t->key[k];
+        if (key->when_field >= 0) {
+            PyObject *v = tally_field(t, ev, key->when_field);
+            int applies = v == NULL ? -1 : PyObject_RichCompareBool(v, key->when_value, Py_EQ);
+            if (applies < 0)
+                return -1;
+            if (!applies)
+                continue;
+        }
         PyObject *tuple = tally_key(t, key, ev, detail);
         if (tuple == NULL)
             return -1;
@@ -823,7 +841,7 @@ tally_event(Tally *t, PyObject *ev)
         t->counts[t->used++] = 1;
     }
     for (int i = 0; i < t->napart; i++) {
-        PyObject *v = tally_field(ev, t->apart[i]);
+        PyObject *v = tally_field(t, ev, t->apart[i]);
         int set = v == NULL ? -1 : v == Py_None ? 0 : PyList_CheckExact(v) ? PyList_GET_SIZE(v) > 0
                                                                           : PyObject_IsTrue(v);
         if (set < 0)
@@ -837,19 +855,20 @@ tally_event(Tally *t, PyObject *ev)
     return 0;
 }
 
-/* The EV_ index of a field name, or -1 with ValueError. */
+/* The index of a field name of the counted type, or -1 with ValueError. */
 static int
-tally_field_index(PyObject *name)
+tally_field_index(Tally *t, PyObject *name)
 {
-    int index = otsec_event_field_index(name);
+    int index = t->index_of(name);
     if (index < 0)
-        PyErr_Format(PyExc_ValueError, "tally_by: %R is not a field of model.Event", name);
+        PyErr_Format(PyExc_ValueError, "tally_by: %R is not a field of model.%s", name,
+                     t->type == otsec_Event ? "Event" : "Flow");
     return index;
 }
 
 /* Read Tally.keys into t (names checked; see otsec.analysis.tally). 0 or -1. */
 static int
-tally_keys(Tally *t, PyObject *keys, PyObject *counts)
+tally_keys(Tally *t, PyObject *keys, PyObject *when, PyObject *counts)
 {
     PyObject *seq = PySequence_Fast(keys, "tally_by: keys must be a sequence");
     if (seq == NULL)
@@ -865,7 +884,22 @@ tally_keys(Tally *t, PyObject *keys, PyObject *counts)
     for (Py_ssize_t k = 0; k < nkeys && rc == 0; k++) {
         TallyKey *key = &t->key[t->nkeys++];
         key->n = 0;
+        key->when_field = -1;
         key->into = Py_NewRef(PyTuple_GET_ITEM(counts, k));
+        PyObject *cond = k < PyTuple_GET_SIZE(when) ? PyTuple_GET_ITEM(when, k) : Py_None;
+        if (cond != Py_None) {
+            if (!PyTuple_Check(cond) || PyTuple_GET_SIZE(cond) != 2) {
+                PyErr_SetString(PyExc_TypeError, "tally_by: a condition is (field, value) or None");
+                rc = -1;
+                break;
+            }
+            key->when_field = tally_field_index(t, PyTuple_GET_ITEM(cond, 0));
+            key->when_value = Py_NewRef(PyTuple_GET_ITEM(cond, 1));
+            if (key->when_field < 0) {
+                rc = -1;
+                break;
+            }
+        }
         key->slot_of = PyDict_New();
         PyObject *names = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, k), "tally_by: a key is a sequence of names");
         if (key->slot_of == NULL || names == NULL || !PyDict_CheckExact(key->into)) {
@@ -880,16 +914,17 @@ tally_keys(Tally *t, PyObject *keys, PyObject *counts)
             if (key->n == TALLY_MAX_NAMES || !PyUnicode_Check(name)) {
                 PyErr_Format(PyExc_ValueError, "tally_by: a key has at most %d names (str)", TALLY_MAX_NAMES);
                 rc = -1;
-            } else if (PyUnicode_CompareWithASCIIString(name, "by_client") == 0) {
+            } else if (t->type == otsec_Event && PyUnicode_CompareWithASCIIString(name, "by_client") == 0) {
                 key->entry[key->n] = NULL;
                 key->field[key->n++] = TALLY_BY_CLIENT;
-            } else if (PyUnicode_GET_LENGTH(name) > 7 && PyUnicode_Tailmatch(name, S_detail_dot, 0, 7, -1) == 1) {
+            } else if (t->type == otsec_Event && PyUnicode_GET_LENGTH(name) > 7
+                       && PyUnicode_Tailmatch(name, S_detail_dot, 0, 7, -1) == 1) {
                 key->entry[key->n] = PyUnicode_Substring(name, 7, PyUnicode_GET_LENGTH(name));
                 key->field[key->n] = TALLY_DETAIL;
                 t->needs_detail = 1;
                 rc = key->entry[key->n++] == NULL ? -1 : 0;
             } else {
-                int index = tally_field_index(name);
+                int index = tally_field_index(t, name);
                 key->entry[key->n] = NULL;
                 key->field[key->n] = index;
                 rc = index < 0 ? -1 : (key->n++, 0);
@@ -942,7 +977,7 @@ struct FlowTableObject {
     size_t nbuckets, nentries;
     struct Conn *graveyard;     /* ended during the current call; freed when it returns */
     int busy;                   /* a call is in progress (see enter()) */
-    Tally tally;
+    Tally tally[2];             /* events (TALLY_EVENTS) and flows (TALLY_FLOWS) counted by key */
 };
 
 /* health.<name> += n */
@@ -1448,7 +1483,7 @@ emit(FlowTableObject *self, Conn *c, int from_client, PyObject *events)
             session_pair(self, c->session, ev) < 0)
             return -1;
         c->events++;
-        if (self->tally.add_event != NULL && tally_event(&self->tally, ev) < 0)
+        if (self->tally[TALLY_EVENTS].add_item != NULL && tally_record(&self->tally[TALLY_EVENTS], ev) < 0)
             return -1;
         if (self->on_event != Py_None) {
             PyObject *r = PyObject_CallOneArg(self->on_event, ev);
@@ -1755,10 +1790,14 @@ end_conn(FlowTableObject *self, Conn *c)
         return -1;
     Py_INCREF(c->order);
     Py_SETREF(self->emitting, c->order);
-    PyObject *r = PyObject_CallOneArg(self->on_flow, c->flow);
-    if (r == NULL)
+    if (self->tally[TALLY_FLOWS].add_item != NULL && tally_record(&self->tally[TALLY_FLOWS], c->flow) < 0)
         return -1;
-    Py_DECREF(r);
+    if (self->on_flow != Py_None) {
+        PyObject *r = PyObject_CallOneArg(self->on_flow, c->flow);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+    }
     return 0;
 }
 
@@ -2469,14 +2508,15 @@ table_finish(FlowTableObject *self, PyObject *Py_UNUSED(ignored))
     if (enter(self) < 0)
         return NULL;
     int rc = retire_all(self, INFINITY);
-    if (rc == 0 && self->tally.add_event != NULL)
-        rc = tally_flush(&self->tally);
+    for (int i = 0; i < 2; i++)
+        if (rc == 0 && self->tally[i].add_item != NULL)
+            rc = tally_flush(&self->tally[i]);
     return done(self, rc);
 }
 
-/* tally_by(tally, counts, add_apart, add_event, limit): count events by the keys of an
- * otsec.analysis.tally.Tally into counts (one dict per key), at most limit new keys between
- * two additions to the dicts. */
+/* tally_by(tally, counts, add_apart, add_item, limit): count events, or flows (tally.record
+ * is model.Flow), by the keys of an otsec.analysis.tally.Tally into counts (one dict per
+ * key), with at most limit new keys between two additions to the dicts. */
 static PyObject *
 table_tally_by(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2485,27 +2525,43 @@ table_tally_by(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
         || (limit = PyLong_AsSsize_t(args[4])) < 1) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_TypeError, "tally_by(tally, counts: tuple of dicts, add_apart: callable, "
-                            "add_event: callable, limit: int >= 1)");
+                            "add_item: callable, limit: int >= 1)");
         return NULL;
     }
-    if (self->tally.add_event != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "tally_by: events are already counted");
+    PyObject *record = PyObject_GetAttrString(args[0], "record");
+    if (record == NULL)
+        return NULL;
+    int flows = record == (PyObject *)otsec_Flow;
+    if (!flows && record != (PyObject *)otsec_Event) {
+        PyErr_Format(PyExc_ValueError, "tally_by: counts model.Event or model.Flow, not %R", record);
+        Py_DECREF(record);
         return NULL;
     }
-    Tally *t = &self->tally;
+    Py_DECREF(record);
+    Tally *t = &self->tally[flows ? TALLY_FLOWS : TALLY_EVENTS];
+    if (t->add_item != NULL) {
+        PyErr_Format(PyExc_RuntimeError, "tally_by: %s are already counted", flows ? "flows" : "events");
+        return NULL;
+    }
+    t->type = flows ? otsec_Flow : otsec_Event;
+    t->offset = flows ? otsec_flow_offset : otsec_event_offset;
+    t->index_of = flows ? otsec_flow_field_index : otsec_event_field_index;
     PyObject *keys = PyObject_GetAttrString(args[0], "keys");
-    PyObject *apart = keys == NULL ? NULL : PyObject_GetAttrString(args[0], "apart");
+    PyObject *when = keys == NULL ? NULL : PyObject_GetAttrString(args[0], "when");
+    PyObject *apart = when == NULL ? NULL : PyObject_GetAttrString(args[0], "apart");
     PyObject *apart_seq = apart == NULL ? NULL : PySequence_Fast(apart, "tally_by: apart must be a sequence");
     t->server_ports = apart_seq == NULL ? NULL : PyObject_GetAttrString(args[0], "server_ports");
-    int rc = t->server_ports == NULL || tally_keys(t, keys, args[1]) < 0 ? -1 : 0;
+    int rc = t->server_ports == NULL ? -1 : !PyTuple_Check(when) ? (PyErr_SetString(
+        PyExc_TypeError, "tally_by: when must be a tuple"), -1) : tally_keys(t, keys, when, args[1]);
     for (Py_ssize_t i = 0; rc == 0 && i < PySequence_Fast_GET_SIZE(apart_seq); i++) {
-        int index = i < EV_FIELDS ? tally_field_index(PySequence_Fast_GET_ITEM(apart_seq, i)) : -1;
+        int index = i < EV_FIELDS ? tally_field_index(t, PySequence_Fast_GET_ITEM(apart_seq, i)) : -1;
         if (index < 0)
             rc = -1;
         else
             t->apart[t->napart++] = index;
     }
     Py_XDECREF(keys);
+    Py_XDECREF(when);
     Py_XDECREF(apart);
     Py_XDECREF(apart_seq);
     if (rc == 0) {
@@ -2524,7 +2580,7 @@ table_tally_by(FlowTableObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     t->limit = limit;
     t->add_apart = Py_NewRef(args[2]);
-    t->add_event = Py_NewRef(args[3]);
+    t->add_item = Py_NewRef(args[3]);
     Py_RETURN_NONE;
 }
 
@@ -2661,11 +2717,13 @@ table_traverse(FlowTableObject *self, visitproc visit, void *arg)
     Py_VISIT(self->on_flow);
     Py_VISIT(self->health);
     Py_VISIT(self->counters);
-    Py_VISIT(self->tally.add_apart);
-    Py_VISIT(self->tally.add_event);
-    Py_VISIT(self->tally.server_ports);
-    for (int k = 0; k < self->tally.nkeys; k++)
-        Py_VISIT(self->tally.key[k].into);
+    for (int i = 0; i < 2; i++) {
+        Py_VISIT(self->tally[i].add_apart);
+        Py_VISIT(self->tally[i].add_item);
+        Py_VISIT(self->tally[i].server_ports);
+        for (int k = 0; k < self->tally[i].nkeys; k++)
+            Py_VISIT(self->tally[i].key[k].into);
+    }
     for (Conn *c = self->first; c; c = c->next) {
         Py_VISIT(c->flow);
         if (c->session) {
@@ -2712,7 +2770,8 @@ table_clear(FlowTableObject *self)
     Py_CLEAR(self->counters);
     Py_CLEAR(self->capture);
     Py_CLEAR(self->emitting);
-    tally_clear(&self->tally);
+    tally_clear(&self->tally[TALLY_EVENTS]);
+    tally_clear(&self->tally[TALLY_FLOWS]);
     return 0;
 }
 
@@ -2741,8 +2800,8 @@ static PyMethodDef table_methods[] = {
      "retire_all(pkt_no): report every connection still open"},
     {"finish", (PyCFunction)table_finish, METH_NOARGS, "end of input: report every open connection"},
     {"tally_by", (PyCFunction)(void (*)(void))table_tally_by, METH_FASTCALL,
-     "tally_by(tally, counts, add_apart, add_event, limit): count events by the keys of an "
-     "otsec.analysis.tally.Tally into counts, one dict per key (added to at the latest at finish)"},
+     "tally_by(tally, counts, add_apart, add_item, limit): count events (or flows) by the keys of "
+     "an otsec.analysis.tally.Tally into counts, one dict per key (added to at the latest at finish)"},
     {"open_flows", (PyCFunction)table_open_flows, METH_NOARGS,
      "the connections tracked now, as their (still growing) flow records"},
     {NULL}
