@@ -158,10 +158,14 @@ def test_events_are_counted_by_each_key_and_added_at_finish():
     seen: list = []
     table, rec = toy_table(KEYS, seen)
     toy_packets(table, msg(b"q", 1, b"a"), msg(b"q", 2, b"a"), msg(b"q", 3, b"cc"), msg(b"q", 4, b"a"))
+    # a second connection of the same client: its address is another, equal, str object
+    toy_packets(table, msg(b"q", 5, b"a"), client_port=40001)
     assert rec.counts == ({}, {})                 # counted, not yet added
     table.finish()
-    assert len(seen) == 4 and rec.counts == python_counts(KEYS, seen)
-    assert rec.counts[1] == {("request", 6, None): 3, ("request", 7, None): 1}
+    assert seen[0].src_ip == seen[4].src_ip and seen[0].src_ip is not seen[4].src_ip
+    assert len(seen) == 5 and rec.counts == python_counts(KEYS, seen)
+    assert rec.counts[0] == {("a", "10.0.0.1"): 4, ("cc", "10.0.0.1"): 1}
+    assert rec.counts[1] == {("request", 6, None): 4, ("request", 7, None): 1}
     assert rec.apart == rec.whole == []
 
 
@@ -251,8 +255,9 @@ def test_tally_by_refuses_what_it_cannot_do():
         fresh().tally_by(Tally(keys=(("function", "colour"),)), ({},), print, print, 10)
     with pytest.raises(ValueError, match="'colour' is not a field of model.Event"):
         fresh().tally_by(Tally(keys=(("function",),), apart=("colour",)), ({},), print, print, 10)
-    with pytest.raises(TypeError, match="tally_by"):
-        fresh().tally_by(KEYS, KEYS.counters(), print, print, 0)
+    for limit in (0, 2**24 + 1):
+        with pytest.raises(TypeError, match="tally_by"):
+            fresh().tally_by(KEYS, KEYS.counters(), print, print, limit)
     with pytest.raises(ValueError, match="one counts dict per key"):
         fresh().tally_by(KEYS, ({},), print, print, 10)
     with pytest.raises(TypeError, match="counts must be dicts"):
