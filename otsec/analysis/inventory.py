@@ -175,6 +175,9 @@ class Summary:
         whose requests (and rejected requests) were seen. Who asks whom for what follows
         the connection's client and server: the "Download block" jobs an S7 PLC sends
         during a download are the engineering station's operation, as in ``otsec check``."""
+        return self._hosts(self.pairs)
+
+    def _hosts(self, pairs: dict[tuple[str, str, str], Counter]) -> dict[str, Host]:
         hosts: dict[str, Host] = {}
 
         def host(ip: str) -> Host:
@@ -186,17 +189,15 @@ class Summary:
                     h.absorb(known)
             return h
 
-        senders, _, requests, responses = self.counts
+        senders, _, _, responses = self.counts
         for src_ip, src_mac in senders:
             sender = host(src_ip)
             if src_mac:
                 sender.macs.add(src_mac)
-        for (src_ip, dst_ip, by_client, protocol, op_class), n in requests.items():
-            protocol = TRANSPORT_OF.get(protocol, protocol)
-            client, server = (src_ip, dst_ip) if by_client else (dst_ip, src_ip)
+        for (client, server, protocol), classes in pairs.items():
             asker = host(client)
-            asker.used[protocol] += n
-            asker.sent_classes[op_class] += n
+            asker.used[protocol] += sum(classes.values())
+            asker.sent_classes.update(classes)
             asker.peers_as_client.add(server)
             host(server).clients.add(client)
         for (src_ip, dst_ip, by_client, protocol, result), n in responses.items():
@@ -286,7 +287,8 @@ class Summary:
 
     def report(self, stats: dict, captures: list[str]) -> dict:
         """The analyze summary as plain data (rendered as rich tables or JSON)."""
-        by_ip = self.hosts
+        pairs = self.pairs
+        by_ip = self._hosts(pairs)
         gateways = self.gateway_macs(by_ip)
         hosts = []
         for ip in sorted(by_ip, key=_ip_sort_key):
@@ -302,7 +304,7 @@ class Summary:
         talks = [
             {"src": s, "dst": d, "protocol": p, "operations": dict(sorted(c.items())),
              "requests": sum(c.values())}
-            for (s, d, p), c in sorted(self.pairs.items(), key=lambda kv: (_ip_sort_key(kv[0][0]), _ip_sort_key(kv[0][1]), kv[0][2]))
+            for (s, d, p), c in sorted(pairs.items(), key=lambda kv: (_ip_sort_key(kv[0][0]), _ip_sort_key(kv[0][1]), kv[0][2]))
         ]
         functions = self.function_table()
         decode = stats.get("decode", {})
@@ -351,6 +353,7 @@ def _group_address(ip: str) -> bool:
     return address.is_multicast or ip == "255.255.255.255"
 
 
+@lru_cache(maxsize=1 << 16)   # the communication table sorts by both ends' addresses
 def _ip_sort_key(ip: str) -> tuple:
     if ":" in ip:
         return (6, ip)
