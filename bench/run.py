@@ -9,9 +9,15 @@ children's maximum).
 
     python bench/run.py                          # 200k and 1M packets, 3 rounds
     python bench/run.py --packets 200000 --rounds 1 --check-counts   # CI smoke run
+    python bench/run.py --packets 200000 --repeat 10   # peak RSS: one plant, 10x the packets
 
 ``--check-counts`` also compares otsec's decoded-operation counts per protocol with
 tshark's on the benchmark capture, allowing only the documented differences.
+
+``--repeat N`` also measures otsec's peak RSS on the capture given N times in a row (one
+run, N times the packets of the same plant): the generator's larger captures also hold a
+larger plant (more hosts and host pairs), so they alone cannot show that memory does not
+grow with the length of a capture.
 """
 
 from __future__ import annotations
@@ -143,6 +149,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--check-counts", action="store_true", help="compare decoded counts with tshark")
     parser.add_argument("--no-check-command", action="store_true", help="skip measuring `otsec check`")
+    parser.add_argument("--repeat", type=int, default=0, metavar="N",
+                        help="also peak RSS of otsec on the capture given N times (same plant, N x the packets)")
     args = parser.parse_args()
     if not (SHARED_BENCH / "make_bench_pcap.py").exists():
         print(f"bench: skipped: the shared benchmark generator is not at {SHARED_BENCH}")
@@ -168,6 +176,14 @@ def main() -> int:
             med = statistics.median(t)
             ratio = f"{ref / med:.2f}x" if ref else "-"
             print(f"{name:34s} {med:8.2f} {packets / med:10,.0f} {ratio:>10s} {rss[name]:13.0f}")
+        if args.repeat > 1:
+            print(f"peak RSS MiB, the same plant: the capture once, then {args.repeat} times in one run "
+                  f"({args.repeat * packets:,} packets)")
+            for name, cmd in cmds.items():
+                if name.startswith("otsec"):
+                    at = cmd.index(str(capture))
+                    repeated = cmd[:at] + [str(capture)] * args.repeat + cmd[at + 1:]
+                    print(f"{name:34s} {rss[name]:8.0f} -> {run_measured(repeated)[1]:.0f}")
         if args.check_counts and shutil.which("tshark"):
             ours, theirs = otsec_operation_counts(capture), tshark_operation_counts(capture)
             for proto in ours:
