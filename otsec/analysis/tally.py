@@ -27,7 +27,6 @@ Flows are counted the same way (``record=Flow``), by their fields only.
 from __future__ import annotations
 
 from dataclasses import fields
-from operator import attrgetter
 from typing import Callable, NamedTuple
 
 from otsec.analysis.sides import sent_by_client, server_ports
@@ -60,23 +59,28 @@ class Tally(NamedTuple):
 
     def counter(self) -> Callable[[tuple[dict, ...], Event], bool]:
         """``count(counts, record)``: add the record to each key's count; True when it
-        also has an ``apart`` field set."""
+        also has an ``apart`` field set. The function is written out for these keys (as
+        dataclasses writes ``__init__``): a generic loop over key functions cost half as
+        much again per event."""
         names = frozenset(f.name for f in fields(self.record))
-        key_of = [_key_function(key, names, self.record) for key in self.keys]
-        when = [_condition(c, names, self.record)
-                for c in (*self.when, *[None] * (len(self.keys) - len(self.when)))]
-        apart = attrgetter(*self.apart) if self.apart else None
-        several = len(self.apart) > 1
-
-        def count(counts: tuple[dict, ...], ev) -> bool:
-            for into, key, applies in zip(counts, key_of, when):
-                if applies is None or applies(ev):
-                    k = key(ev)
-                    into[k] = into.get(k, 0) + 1
-            if apart is None:
-                return False
-            return any(apart(ev)) if several else bool(apart(ev))
-        return count
+        conditions = (*self.when, *[None] * (len(self.keys) - len(self.when)))
+        namespace: dict = {"by_client": sent_by_client}
+        lines = ["def count(counts, ev):", "    " + "".join(f"c{i}, " for i in range(len(self.keys)))
+                 + "= counts"]
+        for i, (key, when) in enumerate(zip(self.keys, conditions)):
+            indent = "    "
+            if when is not None:
+                field, namespace[f"w{i}"] = when
+                _check_field(field, names, self.record, "condition")
+                lines.append(f"    if ev.{field} == w{i}:")
+                indent = "        "
+            lines.append(f"{indent}k = ({''.join(_value_source(n, names, self.record) + ', ' for n in key)})")
+            lines.append(f"{indent}c{i}[k] = c{i}.get(k, 0) + 1")
+        for field in self.apart:
+            _check_field(field, names, self.record, "apart field")
+        lines.append(f"    return {' or '.join(f'bool(ev.{f})' for f in self.apart) or 'False'}")
+        exec("\n".join(lines), namespace)   # names checked above: fields, or a detail entry's repr
+        return namespace["count"]
 
 
 def add_counts(into: tuple[dict, ...], other: tuple[dict, ...]) -> None:
@@ -86,33 +90,18 @@ def add_counts(into: tuple[dict, ...], other: tuple[dict, ...]) -> None:
             mine[key] = mine.get(key, 0) + n
 
 
-def _key_function(names: tuple[str, ...], fields_of: frozenset[str], record: type) -> Callable:
-    """record -> the key tuple of these names (attrgetter when they are all plain fields)."""
-    for name in names:
-        if name not in fields_of and (record is not Event or name != BY_CLIENT and not name.startswith(DETAIL)):
-            also = f", '{BY_CLIENT}' or '{DETAIL}<entry>'" if record is Event else ""
-            raise ValueError(f"tally key: {name!r} is not a field of model.{record.__name__}{also}")
-    if all(name in fields_of for name in names):
-        get = attrgetter(*names)
-        return get if len(names) > 1 else (lambda ev: (get(ev),))
-    parts = [_value_function(name) for name in names]
-    return lambda ev: tuple([part(ev) for part in parts])
-
-
-def _condition(when: tuple[str, object] | None, fields_of: frozenset[str], record: type) -> Callable | None:
-    if when is None:
-        return None
-    name, value = when
+def _check_field(name: str, fields_of: frozenset[str], record: type, what: str) -> None:
     if name not in fields_of:
-        raise ValueError(f"tally condition: {name!r} is not a field of model.{record.__name__}")
-    get = attrgetter(name)
-    return lambda ev: get(ev) == value
+        raise ValueError(f"tally {what}: {name!r} is not a field of model.{record.__name__}")
 
 
-def _value_function(name: str) -> Callable[[Event], object]:
-    if name == BY_CLIENT:
-        return sent_by_client
-    if name.startswith(DETAIL):
-        entry = name[len(DETAIL):]
-        return lambda ev: ev.detail.get(entry)
-    return attrgetter(name)
+def _value_source(name: str, fields_of: frozenset[str], record: type) -> str:
+    """The expression of a key's value for the written-out counter (see Tally.counter)."""
+    if name in fields_of:
+        return f"ev.{name}"
+    if record is Event and name == BY_CLIENT:
+        return "by_client(ev)"
+    if record is Event and name.startswith(DETAIL):
+        return f"ev.detail.get({name[len(DETAIL):]!r})"
+    also = f", '{BY_CLIENT}' or '{DETAIL}<entry>'" if record is Event else ""
+    raise ValueError(f"tally key: {name!r} is not a field of model.{record.__name__}{also}")
