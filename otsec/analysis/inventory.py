@@ -108,10 +108,10 @@ class Summary:
 
     Events are counted by key (see :mod:`otsec.analysis.tally`): per sender and MAC, per
     function, and who asked whom for what (requests) and with what result (responses),
-    each oriented by its connection. The hosts, who-talks-to-whom, function and security
-    tables are derived from those counts when the report asks; what a count cannot hold
-    (identities, anomaly flags, flows) is added to ``known`` hosts and counters as it
-    comes."""
+    each oriented by its connection; flows per application and per client and server. The
+    hosts, who-talks-to-whom, function and security tables are derived from those counts
+    when the report asks; what a count cannot hold (identities, anomaly flags) is kept in
+    ``known`` hosts and ``anomalies`` as it comes."""
 
     TALLY = Tally(
         keys=(("src_ip", "src_mac"),
