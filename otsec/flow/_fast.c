@@ -2855,11 +2855,17 @@ table_traverse(FlowTableObject *self, visitproc visit, void *arg)
     Py_VISIT(self->health);
     Py_VISIT(self->counters);
     for (int i = 0; i < 2; i++) {
-        Py_VISIT(self->tally[i].add_apart);
-        Py_VISIT(self->tally[i].add_item);
-        Py_VISIT(self->tally[i].server_ports);
-        for (int k = 0; k < self->tally[i].nkeys; k++)
-            Py_VISIT(self->tally[i].key[k].into);
+        Tally *t = &self->tally[i];
+        Py_VISIT(t->add_apart);
+        Py_VISIT(t->add_item);
+        Py_VISIT(t->server_ports);
+        Py_VISIT(t->ports_known);
+        for (int k = 0; k < t->nkeys; k++) {
+            Py_VISIT(t->key[k].into);
+            Py_VISIT(t->key[k].when_value);
+        }
+        for (Py_ssize_t j = 0; j < t->used; j++)
+            Py_VISIT(t->keys[j]);
     }
     for (Conn *c = self->first; c; c = c->next) {
         Py_VISIT(c->flow);
