@@ -637,11 +637,6 @@ probe_at(PyObject *probe, PyObject *buf, Py_ssize_t pos)
 #define TALLY_MAX_KEYS 8
 #define TALLY_MAX_SLOTS (1 << 24)
 enum { TALLY_EVENTS, TALLY_FLOWS };
-/* Health counters, in health_sync's order. */
-enum {
-    H_MESSAGES, H_ANOMALOUS, H_GAPS, H_RESYNCS, H_UNFRAMEABLE_BYTES, H_BUFFER_OVERFLOWS,
-    H_UNPAIRED_RESPONSES, H_UNANSWERED_REQUESTS, H_TRUNCATED_AT_EOF, H_DECODER_ERRORS, H_FIELDS
-};
 #define TALLY_MAX_NAMES 16
 enum { TALLY_BY_CLIENT = -1, TALLY_DETAIL = -2 };
 
@@ -1016,6 +1011,12 @@ session_find_start(Session *ss, PyObject *buf, Py_ssize_t pos)
     }
     return -1;
 }
+
+/* Health counters, in health_sync's order. */
+enum {
+    H_MESSAGES, H_ANOMALOUS, H_GAPS, H_RESYNCS, H_UNFRAMEABLE_BYTES, H_BUFFER_OVERFLOWS,
+    H_UNPAIRED_RESPONSES, H_UNANSWERED_REQUESTS, H_TRUNCATED_AT_EOF, H_DECODER_ERRORS, H_FIELDS
+};
 
 struct FlowTableObject {
     PyObject_HEAD
