@@ -1,4 +1,5 @@
-"""Builds otsec's compiled flow layer (otsec.flow._fast), the fast path of the engine.
+"""Builds otsec's compiled flow layer (otsec.flow._fast), the fast path of the engine, and
+the compiled counting of findings (otsec.detect._findings).
 
 Everything else is declared in pyproject.toml. Without a C compiler the build still
 succeeds and otsec runs on its pure-Python flow layer (the reference implementation),
@@ -32,6 +33,9 @@ class OptionalBuildExt(build_ext):
               file=sys.stderr)
 
 
+COMPILE_ARGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                "-Wno-missing-field-initializers"]
+
 setup(
     ext_modules=[Extension(
         "otsec.flow._fast",
@@ -39,8 +43,11 @@ setup(
                  "otsec/decoders/_opcua.c"],
         depends=["otsec/flow/_parse.h", "otsec/flow/_newflow.h", "otsec/decoders/_cdecode.h"],
         include_dirs=["otsec/decoders"],
-        extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                            "-Wno-missing-field-initializers"],
+        extra_compile_args=COMPILE_ARGS,
+    ), Extension(
+        "otsec.detect._findings",
+        sources=["otsec/detect/_findings.c"],
+        extra_compile_args=COMPILE_ARGS,
     )],
     cmdclass={"build_ext": OptionalBuildExt},
 )

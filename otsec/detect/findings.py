@@ -80,11 +80,12 @@ class Finding:
         else:
             self.tally(ts, packet, capture, (), (), count)
 
-    def tally(self, ts: float, packet: int, capture: str | None, names: Iterable[str], values: Iterable[Any],
-              count: int = 1) -> None:
+    def _tally_python(self, ts: float, packet: int, capture: str | None, names: Iterable[str],
+                      values: Iterable[Any], count: int = 1) -> None:
         """:meth:`add` with the evidence as fields and their values, which a caller reporting the
         same fields again and again keeps as tuples (runs for most checked events: kept to
-        plain dict operations)."""
+        plain dict operations). ``tally`` is its compiled twin (otsec/detect/_findings.c)
+        where that was built; this stays the reference."""
         if not self.count:
             self.first_ts, self.first_packet, self.first_capture = ts, packet, capture
             self.last_ts, self.last_packet, self.last_capture = ts, packet, capture
@@ -110,6 +111,8 @@ class Finding:
             else:
                 self.samples_dropped += 1
 
+    tally = _tally_python
+
     def to_dict(self) -> dict[str, Any]:
         rule = RULES[self.rule_id]
         return {
@@ -129,6 +132,14 @@ class Finding:
                 "expires": self.suppressed.expires.isoformat() if self.suppressed.expires else None,
             },
         }
+
+
+try:
+    from otsec.detect._findings import bind as _compiled_tally
+except ImportError:   # built without a C compiler: the Python method counts
+    pass
+else:
+    Finding.tally = _compiled_tally(Finding, MAX_SAMPLES)
 
 
 class Aggregator:
