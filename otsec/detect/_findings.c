@@ -56,6 +56,16 @@ occurrence(PyObject *f, int ts_slot, PyObject *const *where)
            put(f, ts_slot + 4, Py_NewRef(where[2])) < 0 ? -1 : 0;
 }
 
+/* 0 when d is a dict, else -1 with TypeError naming what it should have been. */
+static int
+must_be_dict(PyObject *d, const char *what)
+{
+    if (PyDict_Check(d))
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s must be a dict", what);
+    return -1;
+}
+
 /* One field's evidence value into the samples, as Finding.tally does. 0, or -1. */
 static int
 sample(PyObject *f, PyObject *name, PyObject *value)
@@ -76,12 +86,8 @@ sample(PyObject *f, PyObject *name, PyObject *value)
     }
     int rc = -1;
     PyObject *buckets = get(f, F_SAMPLES), *bucket, *seen;
-    if (buckets == NULL)
+    if (buckets == NULL || must_be_dict(buckets, "Finding.samples") < 0)
         goto done;
-    if (!PyDict_Check(buckets)) {
-        PyErr_SetString(PyExc_TypeError, "Finding.samples must be a dict");
-        goto done;
-    }
     bucket = PyDict_GetItemWithError(buckets, name);
     if (bucket == NULL && PyErr_Occurred())
         goto done;
@@ -93,10 +99,8 @@ sample(PyObject *f, PyObject *name, PyObject *value)
             goto done;
         bucket = fresh;
     }
-    if (!PyDict_Check(bucket)) {
-        PyErr_SetString(PyExc_TypeError, "a Finding.samples bucket must be a dict");
+    if (must_be_dict(bucket, "a Finding.samples bucket") < 0)
         goto done;
-    }
     seen = PyDict_GetItemWithError(bucket, text);
     if (seen == NULL && PyErr_Occurred())
         goto done;
