@@ -111,6 +111,18 @@ def _routable_external(ip: str) -> bool:
                 or (a.version == 4 and a == ipaddress.IPv4Address("255.255.255.255")))
 
 
+class _Sweep:
+    """The distinct values (function codes, unit ids) one client used towards one server in
+    one protocol, until ``minimum`` of them make a sweep; then ``reported``."""
+
+    __slots__ = ("values", "seen", "reported")
+
+    def __init__(self):
+        self.values: list = []      # the distinct values, for a quick "seen before?"
+        self.seen: list = []        # (value, ts, packet) of each one's first occurrence
+        self.reported = False
+
+
 class _Site:
     """One finding key (rule, source, destination, protocol, port) that a memo reports into
     again and again, with the same evidence fields (``names``); ``finding`` is the Finding
@@ -144,6 +156,7 @@ class _Pair:
     opcua: tuple[str, str] | None   # (mode, conduit) an OPC UA channel must at least have
     requests: dict              # (op class, encrypted, carried) -> _Request (a few at most)
     sweeps: dict                # rule id -> _Site of a function-code or unit-id sweep
+    tracked: dict               # rule id -> the _Sweep of its client, server and protocol
 
 
 @dataclass(slots=True)
@@ -170,7 +183,8 @@ class _Function:
 
 @dataclass(slots=True)
 class _FlowPair:
-    """The sides of connections between two endpoints on one service."""
+    """The sides of connections between two endpoints on one service, and what the policy
+    says of them whatever the connection."""
 
     c_loc: Located
     client: Endpoint
@@ -181,6 +195,9 @@ class _FlowPair:
     client_device: _Site | None
     answered: str               # ... and of the server
     server_device: _Site | None
+    external: tuple[Located, str] | None   # (the OT side, the outside address) of an EXTERNAL-001
+    admin: bool                 # IT remote access/admin into a low level of another zone
+    verdict: Verdict | None     # the conduits' word, the server taken as the opener (when asked)
 
 
 class Checker:
@@ -199,8 +216,8 @@ class Checker:
         self._direct = type(self.agg).add is Aggregator.add
         self.memo_entries = memo_entries
         self.capture: str | None = None   # capture file of the item being checked (evidence)
-        self._fc_sweeps: dict[tuple, dict] = {}
-        self._unit_sweeps: dict[tuple, dict] = {}
+        self._fc_sweeps: dict[tuple, _Sweep] = {}
+        self._unit_sweeps: dict[tuple, _Sweep] = {}
         self.sweep_pairs_dropped = 0
         self.baseline = baseline
 
@@ -401,7 +418,7 @@ class Checker:
         return self._keep(self._pairs, sd, _Pair(
             c_loc, client, s_loc, server, device, sender.mac, f" with {peer.label}",
             c_device is not None or s_device is not None,
-            self._opcua_need(c_loc, s_loc, sd.port) if sd.protocol == "opcua" else None, {}, {}))
+            self._opcua_need(c_loc, s_loc, sd.port) if sd.protocol == "opcua" else None, {}, {}, {}))
 
     def _function(self, key: tuple, ev: Event) -> _Function:
         protocol = key[0]
@@ -516,25 +533,30 @@ class Checker:
                field: str) -> None:
         """Distinct ``value``s per (client, server, protocol); at ``minimum`` a sweep is reported
         with the evidence of all of them, and every later one adds to that finding."""
-        key = (sd.client_ip, sd.server_ip, sd.protocol)
-        st = table.get(key)
+        st = p.tracked.get(rule_id)
         if st is None:
-            if len(table) >= MAX_SWEEP_PAIRS:
-                self.sweep_pairs_dropped += 1
-                return
-            st = table[key] = {"seen": [], "reported": False}
-        if st["reported"]:
+            key = (sd.client_ip, sd.server_ip, sd.protocol)
+            st = table.get(key)
+            if st is None:
+                if len(table) >= MAX_SWEEP_PAIRS:
+                    self.sweep_pairs_dropped += 1
+                    return
+                st = table[key] = _Sweep()
+            p.tracked[rule_id] = st
+        if st.reported:
             self._report(p.sweeps.get(rule_id) or self._sweep_site(p, sd, field, rule_id), ev.ts, ev.packet,
                          (value,))
             return
-        if all(v != value for v, _, _ in st["seen"]):
-            st["seen"].append((value, ev.ts, ev.packet))
-        if len(st["seen"]) >= minimum:
-            st["reported"] = True
+        if value in st.values:
+            return
+        st.values.append(value)
+        st.seen.append((value, ev.ts, ev.packet))
+        if len(st.seen) >= minimum:
+            st.reported = True
             site = p.sweeps.get(rule_id) or self._sweep_site(p, sd, field, rule_id)
-            for v, ts, packet in st["seen"]:
+            for v, ts, packet in st.seen:
                 self._report(site, ts, packet, (v,))
-            st["seen"] = []
+            st.values = st.seen = []
 
     def _sweep_site(self, p: _Pair, sd: Sides, field: str, rule_id: str) -> _Site:
         client, server, protocol = p.client, p.server, sd.protocol
@@ -547,12 +569,12 @@ class Checker:
     # --- flows ------------------------------------------------------------------------
     def on_flow(self, flow: Flow) -> None:
         self.capture = flow.capture
-        key = (flow.client_ip, flow.client_mac, flow.server_ip, flow.server_mac, flow.app, flow.server_port)
+        key = (flow.client_ip, flow.client_mac, flow.server_ip, flow.server_mac, flow.app, flow.server_port,
+               flow.transport)
         fp = self._flow_pairs.get(key)
         if fp is None:
             fp = self._flow_pair(key, flow)
-        c_loc, client, s_loc, server, protocol = fp.c_loc, fp.client, fp.s_loc, fp.server, fp.protocol
-        port = flow.server_port
+        client, server, protocol = fp.client, fp.server, fp.protocol
         reported = False
         if fp.client_device is not None:
             self._report(fp.client_device, flow.first_ts, flow.first_packet, (client.mac, fp.doing))
@@ -560,25 +582,28 @@ class Checker:
         if flow.packets_s2c and fp.server_device is not None:
             self._report(fp.server_device, flow.first_ts, flow.first_packet, (server.mac, fp.answered))
             reported = True
-        reported |= self._external(flow, c_loc, s_loc, client, server, protocol)
+        if fp.external is not None:
+            self._external(flow, fp)
+            reported = True
         for flag in flow.anomalies:
             self._flow_finding("OTSEC-ANOMALY-001", flow, client, server, protocol,
                                f"malformed or invalid {protocol} messages between {client.label} and "
                                f"{server.label}", flag=flag)
             reported = True
-        levels_ok = s_loc.zone is not None and s_loc.zone.level <= self.rules.it_admin_max_level
-        if (protocol in self.rules.it_admin_protocols and levels_ok and c_loc.zone is not s_loc.zone):
+        if fp.admin:
             self._flow_finding("OTSEC-INSECURE-003", flow, client, server, protocol,
                                f"{protocol} (IT remote access/admin) from {client.label} into {server.label} "
-                               f"in {_fmt_zone(s_loc)}")
+                               f"in {_fmt_zone(fp.s_loc)}")
             reported = True
         if flow.events:
             return   # decoded conversations were judged message by message
-        v = self.verdict(c_loc, s_loc, protocol, port, flow.transport)
+        v = fp.verdict
+        if v is None:
+            v = fp.verdict = self.verdict(fp.c_loc, fp.s_loc, protocol, flow.server_port, flow.transport)
         if v.rule_id and not flow.initiator_known:
             # Without the handshake the opener is a guess (the server is the well-known or
             # lower port); when the conduits allow the other orientation, nothing is proven.
-            back = self.verdict(s_loc, c_loc, protocol_name(None, flow.client_port), flow.client_port,
+            back = self.verdict(fp.s_loc, fp.c_loc, protocol_name(None, flow.client_port), flow.client_port,
                                 flow.transport)
             if back.rule_id is None:
                 return
@@ -587,20 +612,24 @@ class Checker:
                 "" if flow.initiator_known else f" (handshake not seen: {client.label} is taken as the "
                                                 f"opener because {server.label} holds the server port)"))
             reported = True
-        if not reported and self._baseline is not None and (c_loc.zone or s_loc.zone):
+        if not reported and self._baseline is not None and (fp.c_loc.zone or fp.s_loc.zone):
             key, _, _ = flow_key(self.policy, flow)
             if key not in self._baseline.entries:
                 self._flow_finding("OTSEC-NEWCOMM-001", flow, client, server, protocol,
-                                   f"{client.label} -> {server.label} {protocol}/{port} was never seen in the "
-                                   f"baseline", extra=("", ""))
+                                   f"{client.label} -> {server.label} {protocol}/{flow.server_port} was never "
+                                   f"seen in the baseline", extra=("", ""))
 
     def _flow_pair(self, key: tuple, flow: Flow) -> _FlowPair:
         c_loc, client, c_device = self._ep(flow.client_ip, flow.client_mac)
         s_loc, server, s_device = self._ep(flow.server_ip, flow.server_mac)
         protocol = protocol_name(flow.app, flow.server_port)
         doing = f"{protocol} {flow.client_ip} -> {flow.server_ip}:{flow.server_port}"
+        rules = self.rules
+        admin = (protocol in rules.it_admin_protocols and s_loc.zone is not None
+                 and s_loc.zone.level <= rules.it_admin_max_level and c_loc.zone is not s_loc.zone)
         return self._keep(self._flow_pairs, key, _FlowPair(
-            c_loc, client, s_loc, server, protocol, doing, c_device, f"answered {doing}", s_device))
+            c_loc, client, s_loc, server, protocol, doing, c_device, f"answered {doing}", s_device,
+            self._outside(c_loc, s_loc, flow.client_ip, flow.server_ip), admin, None))
 
     def _flow_finding(self, rule_id: str, flow: Flow, client: Endpoint, server: Endpoint,
                       protocol: str, text: str, extra=None, flag: str | None = None) -> None:
@@ -616,27 +645,32 @@ class Checker:
                 # without a handshake could only guess it
                 f.explanation = text
 
-    def _external(self, flow: Flow, c_loc: Located, s_loc: Located, client: Endpoint,
-                  server: Endpoint, protocol: str) -> bool:
-        ext_ip = None
+    def _outside(self, c_loc: Located, s_loc: Located, client_ip: str, server_ip: str) -> tuple[Located, str] | None:
+        """(the OT side, the outside address) when a conversation joins a low OT zone and a
+        routable address outside every zone that the policy does not allow; else None."""
         if c_loc.zone is not None and s_loc.zone is None:
-            ot, ext_ip = c_loc, flow.server_ip
+            ot, ext_ip = c_loc, server_ip
         elif s_loc.zone is not None and c_loc.zone is None:
-            ot, ext_ip = s_loc, flow.client_ip
-        if ext_ip is None or ot.zone.level > self.rules.external_ot_max_level or not _routable_external(ext_ip):
-            return False
+            ot, ext_ip = s_loc, client_ip
+        else:
+            return None
+        if ot.zone.level > self.rules.external_ot_max_level or not _routable_external(ext_ip):
+            return None
         addr = ipaddress.ip_address(ext_ip)
         if any(addr.version == n.version and addr in n for n in self.rules.external_allowed):
-            return False
+            return None
+        return ot, ext_ip
+
+    def _external(self, flow: Flow, fp: _FlowPair) -> None:
+        ot, ext_ip = fp.external
         if not flow.initiator_known:
             direction = "exchanged traffic (handshake not seen, opener unknown) with"
         else:
-            direction = "opened a connection to" if ot is c_loc else "accepted a connection from"
-        who = client if ot is c_loc else server
-        self._flow_finding("OTSEC-EXTERNAL-001", flow, client, server, protocol,
-                           f"{who.label} in OT zone {ot.zone_name} {direction} {ext_ip} ({protocol}/"
+            direction = "opened a connection to" if ot is fp.c_loc else "accepted a connection from"
+        who = fp.client if ot is fp.c_loc else fp.server
+        self._flow_finding("OTSEC-EXTERNAL-001", flow, fp.client, fp.server, fp.protocol,
+                           f"{who.label} in OT zone {ot.zone_name} {direction} {ext_ip} ({fp.protocol}/"
                            f"{flow.server_port}), outside every declared zone")
-        return True
 
     # --- results ----------------------------------------------------------------------
     def finish(self, today: dt.date | None = None) -> list[Finding]:
