@@ -774,14 +774,17 @@ tally_by_client(Tally *t, PyObject *ev)
     return response < 0 ? -1 : !response;
 }
 
-/* The values of one key of a record (borrowed references) into v; 0, or -1 with an exception. */
+/* The values of one key of a record (borrowed references) into v; 0, or -1 with an exception.
+ * *by_client: the record's tally_by_client once known (-2 before: the keys of one record
+ * share it). */
 static int
-tally_values(Tally *t, TallyKey *key, PyObject *ev, PyObject *detail, PyObject **v)
+tally_values(Tally *t, TallyKey *key, PyObject *ev, PyObject *detail, PyObject **v, int *by_client)
 {
     for (int i = 0; i < key->n; i++) {
         if (key->field[i] == TALLY_BY_CLIENT) {
-            int by_client = tally_by_client(t, ev);
-            v[i] = by_client < 0 ? NULL : by_client ? Py_True : Py_False;
+            if (*by_client == -2)
+                *by_client = tally_by_client(t, ev);
+            v[i] = *by_client < 0 ? NULL : *by_client ? Py_True : Py_False;
         } else if (key->field[i] == TALLY_DETAIL) {
             v[i] = PyDict_GetItemWithError(detail, key->entry[i]);
             if (v[i] == NULL && !PyErr_Occurred())
@@ -818,7 +821,14 @@ tally_same(PyObject *key, PyObject *const *v, int n)
     for (int i = 0; i < n; i++) {
         PyObject *held = PyTuple_GET_ITEM(key, i);
         if (held != v[i]) {
-            int eq = PyObject_RichCompareBool(held, v[i], Py_EQ);
+            /* the text of another connection's address, mostly: compared here, not through
+             * the rich comparison's three calls */
+            int eq = PyUnicode_CheckExact(held) && PyUnicode_CheckExact(v[i])
+                     ? PyUnicode_GET_LENGTH(held) == PyUnicode_GET_LENGTH(v[i])
+                       && PyUnicode_KIND(held) == PyUnicode_KIND(v[i])
+                       && memcmp(PyUnicode_DATA(held), PyUnicode_DATA(v[i]),
+                                 PyUnicode_GET_LENGTH(held) * PyUnicode_KIND(held)) == 0
+                     : PyObject_RichCompareBool(held, v[i], Py_EQ);
             if (eq <= 0)
                 return eq;
         }
@@ -829,12 +839,12 @@ tally_same(PyObject *key, PyObject *const *v, int n)
 /* Count one record under one key: its slot's counter, or a new slot (the key's tuple made
  * now). 0, or -1 with an exception. */
 static int
-tally_count(Tally *t, int k, PyObject *ev, PyObject *detail)
+tally_count(Tally *t, int k, PyObject *ev, PyObject *detail, int *by_client)
 {
     TallyKey *key = &t->key[k];
     PyObject *v[TALLY_MAX_NAMES];
     Py_hash_t hash;
-    if (tally_values(t, key, ev, detail, v) < 0 || (hash = tally_hash((const PyObject *const *)v, key->n)) == -1)
+    if (tally_values(t, key, ev, detail, v, by_client) < 0 || (hash = tally_hash((const PyObject *const *)v, key->n)) == -1)
         return -1;
     size_t i = (size_t)hash & key->mask;
     for (;; i = (i + 1) & key->mask) {
@@ -882,6 +892,7 @@ tally_record(Tally *t, PyObject *ev)
         Py_XDECREF(r);
         return r == NULL ? -1 : 0;
     }
+    int by_client = -2;
     for (int k = 0; k < t->nkeys; k++) {
         TallyKey *key = &t->key[k];
         if (key->when_field >= 0) {
@@ -892,7 +903,7 @@ tally_record(Tally *t, PyObject *ev)
             if (!applies)
                 continue;
         }
-        if (tally_count(t, k, ev, detail) < 0)
+        if (tally_count(t, k, ev, detail, &by_client) < 0)
             return -1;
     }
     for (int i = 0; i < t->napart; i++) {
