@@ -146,6 +146,21 @@ def test_first_request_without_handshake_already_names_the_server_mac(flow_table
     assert req.dst_mac == "00:80:f4:00:00:02" and run.flows[0].server_mac == "00:80:f4:00:00:02"
 
 
+def test_connections_between_the_same_hosts_share_their_address_texts(flow_table_class):
+    """Addresses are kept for the run by whatever counts per host (the summary), so every
+    connection holds the same text objects, not a copy each."""
+    run = Run(flow_table_class)
+    for sport in (40000, 40001):
+        handshake(run, sport)
+        run(pkt(A, sport, B, 9999, payload=msg(b"q", 1, b"x"), seq=101, ack=501))
+    run.table.finish()
+    first, second = run.flows
+    assert (first.client_ip, first.client_mac) == ("10.0.0.1", "00:1b:1b:00:00:01")
+    for name in ("client_ip", "server_ip", "client_mac", "server_mac"):
+        assert getattr(first, name) is getattr(second, name), name
+    assert run.events[0].src_ip is run.events[1].src_ip is first.client_ip
+
+
 def test_data_held_behind_a_gap_is_released_before_the_packet_that_acknowledges_it(flow_table_class):
     """A request after uncaptured bytes comes out before its response, at its own packet."""
     run = Run(flow_table_class)

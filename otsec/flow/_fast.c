@@ -161,7 +161,7 @@ mac_text(const unsigned char *mac)
         if (i < 5)
             out[i * 3 + 2] = ':';
     }
-    return PyUnicode_FromStringAndSize(out, 17);
+    return shared_text(PyUnicode_FromStringAndSize(out, 17));
 }
 
 /* Signed distance a - b in sequence space (reassembly.seq_diff). */

@@ -18,6 +18,7 @@ import hashlib
 import heapq
 import socket
 import struct
+import sys
 from operator import attrgetter
 from typing import Callable
 
@@ -65,11 +66,14 @@ def community_id(saddr: bytes, daddr: bytes, proto: int, sport: int, dport: int,
 
 
 def ip_text(packed: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
+    """An address as text, one shared object per address (interned, freed with its last
+    holder): the summary's counts hold host pairs for the whole run, one copy per host
+    instead of one per connection that made a key."""
+    return sys.intern(socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed))
 
 
 def mac_text(mac: bytes | None) -> str | None:
-    return mac.hex(":") if mac else None
+    return sys.intern(mac.hex(":")) if mac else None
 
 
 def _decodes_cleanly(dec: Decoder, msg: bytes, from_client: bool) -> bool:
