@@ -157,8 +157,6 @@ class _Pair:
     requests: dict              # (op class, encrypted, carried) -> _Request (a few at most)
     sweeps: dict                # rule id -> _Site of a function-code or unit-id sweep
     tracked: dict               # rule id -> the _Sweep of its client, server and protocol
-    evidence: dict              # a function's activity -> (mac, activity with the peer): the
-                                # device evidence, made once (the same text hashes once)
 
 
 @dataclass(slots=True)
@@ -378,18 +376,15 @@ class Checker:
                 reported |= self._opcua_mode(ev, sd, p, mode)
         device = p.device
         if device is not None:
-            evidence = p.evidence.get(fn.activity)
-            if evidence is None:
-                evidence = p.evidence[fn.activity] = (p.mac, fn.activity + p.with_peer)
             if ev.identity:   # what the sender reveals of itself (vendor, model, firmware...)
-                samples = dict(zip(device.names, evidence))
+                samples = {"mac": p.mac, "activity": fn.activity + p.with_peer}
                 for k, v in ev.identity.items():
                     samples[f"identity.{k}"] = v
                 self._add(device.rule_id, device.src, None, None, None, device.text, ev.ts, ev.packet, samples)
             elif device.finding is not None:   # the common case, without _report's call
-                device.finding.tally(ev.ts, ev.packet, ev.capture, device.names, evidence)
+                device.finding.tally(ev.ts, ev.packet, ev.capture, device.names, (p.mac, fn.activity + p.with_peer))
             else:
-                self._report(device, ev.ts, ev.packet, evidence)
+                self._report(device, ev.ts, ev.packet, (p.mac, fn.activity + p.with_peer))
             reported = True
         if kind != "request":
             return
@@ -423,7 +418,7 @@ class Checker:
         return self._keep(self._pairs, sd, _Pair(
             c_loc, client, s_loc, server, device, sender.mac, f" with {peer.label}",
             c_device is not None or s_device is not None,
-            self._opcua_need(c_loc, s_loc, sd.port) if sd.protocol == "opcua" else None, {}, {}, {}, {}))
+            self._opcua_need(c_loc, s_loc, sd.port) if sd.protocol == "opcua" else None, {}, {}, {}))
 
     def _function(self, key: tuple, ev: Event) -> _Function:
         protocol = key[0]
