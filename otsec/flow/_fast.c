@@ -821,14 +821,7 @@ tally_same(PyObject *key, PyObject *const *v, int n)
     for (int i = 0; i < n; i++) {
         PyObject *held = PyTuple_GET_ITEM(key, i);
         if (held != v[i]) {
-            /* the text of another connection's address, mostly: compared here, not through
-             * the rich comparison's three calls */
-            int eq = PyUnicode_CheckExact(held) && PyUnicode_CheckExact(v[i])
-                     ? PyUnicode_GET_LENGTH(held) == PyUnicode_GET_LENGTH(v[i])
-                       && PyUnicode_KIND(held) == PyUnicode_KIND(v[i])
-                       && memcmp(PyUnicode_DATA(held), PyUnicode_DATA(v[i]),
-                                 PyUnicode_GET_LENGTH(held) * PyUnicode_KIND(held)) == 0
-                     : PyObject_RichCompareBool(held, v[i], Py_EQ);
+            int eq = PyObject_RichCompareBool(held, v[i], Py_EQ);
             if (eq <= 0)
                 return eq;
         }
