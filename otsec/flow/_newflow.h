@@ -120,7 +120,7 @@ community_id(const unsigned char *saddr, int sport, const unsigned char *daddr, 
 /* The text of an address, shared: every connection between the same hosts holds the same
  * object (interned; freed with its last holder). The summary's counts keep a host pair's
  * addresses for the whole run: one copy per host, not one per connection that made the
- * key (~7 MiB on the 2M-packet benchmark), and equal keys then compare by identity. */
+ * key (~4 MiB on the 2M-packet benchmark), and equal keys then compare by identity. */
 static PyObject *
 shared_text(PyObject *text)
 {
