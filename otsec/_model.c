@@ -13,7 +13,7 @@
  */
 #include "_cdecode.h"
 
-#include <structmember.h>
+#include "_slots.h"
 
 #define MAX_FIELDS 32
 
@@ -66,14 +66,12 @@ layout_load(Layout *lay, PyObject *model, const char *cls_name, const char *cons
     for (int i = 0; PyDict_Next(fields, &pos, &name, &field); i++) {
         PyObject *descr = PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, names[i]) == 0
                           ? PyDict_GetItemWithError(lay->type->tp_dict, name) : NULL;
-        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
-            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+        if ((lay->offset[i] = otsec_slot_offset(descr)) < 0) {
             if (!PyErr_Occurred())
                 PyErr_Format(PyExc_ImportError, "otsec.model.%s: field %d is not the slot '%s' "
                              "the compiled layer expects", cls_name, i, names[i]);
             goto done;
         }
-        lay->offset[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
         PyObject *dflt = PyObject_GetAttrString(field, "default");
         PyObject *factory = dflt ? PyObject_GetAttrString(field, "default_factory") : NULL;
         if (factory == NULL) {

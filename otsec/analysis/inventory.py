@@ -200,9 +200,9 @@ class Summary:
             asker.sent_classes.update(classes)
             asker.peers_as_client.add(server)
             host(server).clients.add(client)
-        for (src_ip, dst_ip, by_client, protocol, result), n in responses.items():
-            client, server = (src_ip, dst_ip) if by_client else (dst_ip, src_ip)
-            host(server).served[TRANSPORT_OF.get(protocol, protocol)] += n
+        for (*ends, result), n in responses.items():
+            client, server, protocol = _oriented(*ends)
+            host(server).served[protocol] += n
             if result in ("exception", "error"):
                 host(client).rejected += n
         for sides in self.flow_counts[1:]:
@@ -221,9 +221,8 @@ class Summary:
     def pairs(self) -> dict[tuple[str, str, str], Counter]:
         """(client, server, protocol) -> requests per operation class."""
         pairs: dict[tuple[str, str, str], Counter] = defaultdict(Counter)
-        for (src_ip, dst_ip, by_client, protocol, op_class), n in self.counts[2].items():
-            client, server = (src_ip, dst_ip) if by_client else (dst_ip, src_ip)
-            pairs[(client, server, TRANSPORT_OF.get(protocol, protocol))][op_class] += n
+        for (*ends, op_class), n in self.counts[2].items():
+            pairs[_oriented(*ends)][op_class] += n
         return pairs
 
     @property
@@ -345,6 +344,12 @@ class Summary:
 
 
 @lru_cache(maxsize=1 << 16)   # parsing the text costs 5 us; a flow's IPs repeat
+def _oriented(src_ip: str, dst_ip: str, by_client: bool, protocol: str) -> tuple[str, str, str]:
+    """(client, server, protocol as the tables name it) of a request or response count's key."""
+    client, server = (src_ip, dst_ip) if by_client else (dst_ip, src_ip)
+    return client, server, TRANSPORT_OF.get(protocol, protocol)
+
+
 def _group_address(ip: str) -> bool:
     try:
         address = ipaddress.ip_address(ip)

@@ -11,7 +11,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
+#include "../_slots.h"
 
 /* The Finding slots tally writes. An occurrence's time, packet and capture are 2 apart
  * (occurrence() relies on it: F_FIRST_TS, F_FIRST_PACKET, F_FIRST_CAPTURE and the same
@@ -206,14 +206,11 @@ bind(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     PyTypeObject *type = (PyTypeObject *)args[0];
     for (int i = 0; i < F_SLOTS; i++) {
-        PyObject *descr = PyDict_GetItemString(type->tp_dict, slot_names[i]);
-        if (descr == NULL || !Py_IS_TYPE(descr, &PyMemberDescr_Type) ||
-            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+        if ((offset[i] = otsec_slot_offset(PyDict_GetItemString(type->tp_dict, slot_names[i]))) < 0) {
             PyErr_Format(PyExc_TypeError, "Finding.%s is not the slot the compiled tally expects",
                          slot_names[i]);
             return NULL;
         }
-        offset[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
     }
     return PyDescr_NewMethod(type, &tally_def);
 }

@@ -115,11 +115,10 @@ class _Sweep:
     """The distinct values (function codes, unit ids) one client used towards one server in
     one protocol, until ``minimum`` of them make a sweep; then ``reported``."""
 
-    __slots__ = ("values", "seen", "reported")
+    __slots__ = ("seen", "reported")
 
     def __init__(self):
-        self.values: list = []      # the distinct values, for a quick "seen before?"
-        self.seen: list = []        # (value, ts, packet) of each one's first occurrence
+        self.seen: dict = {}        # each value -> (ts, packet) of its first occurrence, in order
         self.reported = False
 
 
@@ -547,16 +546,15 @@ class Checker:
             self._report(p.sweeps.get(rule_id) or self._sweep_site(p, sd, field, rule_id), ev.ts, ev.packet,
                          (value,))
             return
-        if value in st.values:
+        if value in st.seen:
             return
-        st.values.append(value)
-        st.seen.append((value, ev.ts, ev.packet))
+        st.seen[value] = (ev.ts, ev.packet)
         if len(st.seen) >= minimum:
             st.reported = True
             site = p.sweeps.get(rule_id) or self._sweep_site(p, sd, field, rule_id)
-            for v, ts, packet in st.seen:
+            for v, (ts, packet) in st.seen.items():
                 self._report(site, ts, packet, (v,))
-            st.values = st.seen = []
+            st.seen = {}
 
     def _sweep_site(self, p: _Pair, sd: Sides, field: str, rule_id: str) -> _Site:
         client, server, protocol = p.client, p.server, sd.protocol
